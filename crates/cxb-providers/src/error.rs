@@ -1,0 +1,37 @@
+/// Everything a provider can do wrong, with the provider named so the `service_error` event and
+/// the log line say who failed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum ProviderError {
+    #[error("{provider}: connect failed: {detail}")]
+    Connect { provider: &'static str, detail: String },
+    #[error("{provider}: HTTP {status}: {body}")]
+    Status { provider: &'static str, status: u16, body: String },
+    #[error("{provider}: protocol error: {detail}")]
+    Protocol { provider: &'static str, detail: String },
+    #[error("{provider}: timed out {what}")]
+    Timeout { provider: &'static str, what: String },
+    #[error("{provider}: connection closed: {detail}")]
+    Closed { provider: &'static str, detail: String },
+    #[error("{provider}: provider reported an error: {detail}")]
+    Remote { provider: &'static str, detail: String },
+    #[error("{provider}: input backlog full; the provider is not keeping up")]
+    Backlog { provider: &'static str },
+    #[error("unsupported provider {0:?}")]
+    Unsupported(String),
+}
+
+impl ProviderError {
+    /// The vendor name for metrics labels.
+    pub fn provider(&self) -> &'static str {
+        match self {
+            Self::Connect { provider, .. }
+            | Self::Status { provider, .. }
+            | Self::Protocol { provider, .. }
+            | Self::Timeout { provider, .. }
+            | Self::Closed { provider, .. }
+            | Self::Remote { provider, .. }
+            | Self::Backlog { provider } => provider,
+            Self::Unsupported(_) => "unknown",
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! The runtime bot config returned by the CXB API config endpoint (contract §4).
+//!
+//! Every documented default is applied when a field is absent *or* `null`; unknown fields are
+//! ignored so a newer CXB API never breaks an older worker.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::serde_util::null_default;
+
+fn default_timezone() -> String {
+    "UTC".into()
+}
+fn default_min_words() -> u32 {
+    3
+}
+fn default_max_duration() -> u64 {
+    600
+}
+
+/// The runtime config for one call.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BotConfig {
+    /// Unique per call; correlates the result with the call skeleton at CXB API.
+    pub session_id: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub bot_id: String,
+    /// Results POST target. Absent only in local bot files (embedded default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub system_prompt: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub opening_message: String,
+    #[serde(default = "default_timezone", deserialize_with = "tz_or_default")]
+    pub timezone: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub re_engagement: Option<Value>,
+    #[serde(default = "default_min_words", deserialize_with = "min_words_or_default")]
+    pub min_words_interruption: u32,
+    #[serde(default = "default_max_duration", deserialize_with = "max_dur_or_default")]
+    pub max_call_duration_seconds: u64,
+    #[serde(default, deserialize_with = "null_default")]
+    pub voicemail_message: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub pre_transfer_message: String,
+    /// OpenAI-format function tool definitions (custom HTTP tools).
+    #[serde(default, deserialize_with = "null_default")]
+    pub tools: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_policy: Option<Value>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub transfer_numbers: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub transfer_targets: Vec<TransferTarget>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_call_analysis_prompt: Option<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub post_call_cache_enabled: bool,
+    #[serde(default, deserialize_with = "null_default")]
+    pub post_call_cache_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_call_cache: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qc_prompt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_dispositions: Option<BTreeMap<String, AutoDisposition>>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub callback_detection_enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_parts: Option<Value>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub stt: SttConfig,
+    #[serde(default, deserialize_with = "null_default")]
+    pub llm: LlmConfig,
+    #[serde(default, deserialize_with = "null_default")]
+    pub tts: TtsConfig,
+    #[serde(default, deserialize_with = "null_default")]
+    pub vad: VadConfig,
+}
+
+fn tz_or_default<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_else(default_timezone))
+}
+fn min_words_or_default<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    Ok(Option::<u32>::deserialize(d)?.unwrap_or_else(default_min_words))
+}
+fn max_dur_or_default<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    Ok(Option::<u64>::deserialize(d)?.unwrap_or_else(default_max_duration))
+}
+
+impl BotConfig {
+    /// Parse and validate a config body. Errors name the offending field.
+    pub fn from_json(body: &[u8]) -> Result<Self, ConfigError> {
+        let cfg: BotConfig = serde_json::from_slice(body).map_err(ConfigError::Json)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Semantic checks serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.session_id.trim().is_empty() {
+            return Err(ConfigError::Invalid("session_id is empty".into()));
+        }
+        if self.max_call_duration_seconds == 0 {
+            return Err(ConfigError::Invalid("max_call_duration_seconds must be > 0".into()));
+        }
+        if let Some(v) = &self.vad.confidence {
+            if !(0.0..=1.0).contains(v) {
+                return Err(ConfigError::Invalid("vad.confidence must be within 0..=1".into()));
+            }
+        }
+        for (name, secs) in [("vad.start_secs", self.vad.start_secs), ("vad.stop_secs", self.vad.stop_secs)] {
+            if let Some(s) = secs {
+                if !(0.0..=10.0).contains(&s) {
+                    return Err(ConfigError::Invalid(format!("{name} must be within 0..=10 seconds")));
+                }
+            }
+        }
+        for t in &self.tools {
+            if t.get("function").and_then(|f| f.get("name")).and_then(Value::as_str).is_none()
+                && t.get("name").and_then(Value::as_str).is_none()
+            {
+                return Err(ConfigError::Invalid("every tool needs a function name".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config is not valid JSON for the bot-config schema: {0}")]
+    Json(serde_json::Error),
+    #[error("config is invalid: {0}")]
+    Invalid(String),
+}
+
+/// `stt` block (contract §4.2).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SttConfig {
+    #[serde(default, deserialize_with = "null_default")]
+    pub provider: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub api_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    /// API root, as the vendor SDK takes it (e.g. `wss://api.deepgram.com`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub extra: serde_json::Map<String, Value>,
+}
+
+/// `llm` block (contract §4.2).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LlmConfig {
+    #[serde(default, deserialize_with = "null_default")]
+    pub provider: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub api_key: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// API root, e.g. `https://api.openai.com/v1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub extra: serde_json::Map<String, Value>,
+}
+
+/// `tts` block. Not recovered from the docs; this shape is our decision (documented in proto/).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TtsConfig {
+    #[serde(default, deserialize_with = "null_default")]
+    pub provider: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub api_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voice_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    /// API root, e.g. `wss://api.cartesia.ai`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub extra: serde_json::Map<String, Value>,
+}
+
+/// `vad` block. Every field is optional; `None` means the worker default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct VadConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_secs: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_secs: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_volume: Option<f32>,
+}
+
+/// A configured transfer destination (contract §4.4).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TransferTarget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    pub label: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub method: String,
+    #[serde(default, rename = "type", deserialize_with = "null_default")]
+    pub kind: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub value: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub is_default: bool,
+    #[serde(default = "yes", deserialize_with = "enabled_or_default")]
+    pub enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+fn enabled_or_default<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(true))
+}
+
+/// One auto-disposition override: only `DISPOSITION` is required.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AutoDisposition {
+    #[serde(rename = "DISPOSITION")]
+    pub disposition: String,
+    #[serde(rename = "SUB_DISPOSITION", default, skip_serializing_if = "Option::is_none")]
+    pub sub_disposition: Option<String>,
+    #[serde(rename = "CALLING_REMARKS", default, skip_serializing_if = "Option::is_none")]
+    pub calling_remarks: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let cfg = BotConfig::from_json(br#"{"session_id":"s1","webhook_url":"http://x","system_prompt":"p","opening_message":"hi"}"#).unwrap();
+        assert_eq!(cfg.min_words_interruption, 3);
+        assert_eq!(cfg.max_call_duration_seconds, 600);
+        assert_eq!(cfg.timezone, "UTC");
+        assert!(cfg.tools.is_empty());
+    }
+
+    #[test]
+    fn documented_null_defaults_are_accepted() {
+        let body = br#"{"session_id":"s1","webhook_url":"http://x","system_prompt":null,"opening_message":"hi",
+            "timezone":null,"re_engagement":null,"min_words_interruption":null,"max_call_duration_seconds":null,
+            "tools":null,"conversation_policy":null,"transfer_numbers":null,"transfer_targets":null,
+            "post_call_analysis_prompt":null,"qc_prompt":null,"auto_dispositions":null,"post_call_cache":null,
+            "stt":{"provider":"deepgram","api_key":null,"model":null,"language":null,"extra":null},
+            "llm":{"provider":"openai","model":"gpt-4.1-mini","temperature":null,"max_tokens":null,"extra":null},
+            "tts":{"provider":"cartesia","voice_id":null,"model":null},
+            "vad":{"confidence":null,"start_secs":null,"stop_secs":null,"min_volume":null}}"#;
+        let cfg = BotConfig::from_json(body).unwrap();
+        assert_eq!(cfg.min_words_interruption, 3);
+        assert_eq!(cfg.max_call_duration_seconds, 600);
+        assert_eq!(cfg.system_prompt, "");
+        assert!(cfg.vad.stop_secs.is_none());
+    }
+
+    #[test]
+    fn bad_configs_are_rejected_with_the_field_named() {
+        let err = BotConfig::from_json(br#"{"webhook_url":"x"}"#).unwrap_err();
+        assert!(err.to_string().contains("session_id"), "{err}");
+        let err = BotConfig::from_json(br#"{"session_id":"s","vad":{"confidence":3}}"#).unwrap_err();
+        assert!(err.to_string().contains("vad.confidence"), "{err}");
+        let err = BotConfig::from_json(br#"{"session_id":"s","min_words_interruption":"three"}"#).unwrap_err();
+        assert!(err.to_string().contains("min_words_interruption") || err.to_string().contains("invalid type"), "{err}");
+    }
+}
