@@ -252,7 +252,10 @@ mod tests {
 
     #[test]
     fn minimal_config_gets_documented_defaults() {
-        let cfg = BotConfig::from_json(br#"{"session_id":"s1","webhook_url":"http://x","system_prompt":"p","opening_message":"hi"}"#).unwrap();
+        let cfg = BotConfig::from_json(
+            br#"{"session_id":"s1","webhook_url":"http://x","system_prompt":"p","opening_message":"hi"}"#,
+        )
+        .unwrap();
         assert_eq!(cfg.min_words_interruption, 3);
         assert_eq!(cfg.max_call_duration_seconds, 600);
         assert_eq!(cfg.timezone, "UTC");
@@ -283,6 +286,9 @@ mod tests {
         let err = BotConfig::from_json(br#"{"session_id":"s","vad":{"confidence":3}}"#).unwrap_err();
         assert!(err.to_string().contains("vad.confidence"), "{err}");
         let err = BotConfig::from_json(br#"{"session_id":"s","min_words_interruption":"three"}"#).unwrap_err();
-        assert!(err.to_string().contains("min_words_interruption") || err.to_string().contains("invalid type"), "{err}");
+        assert!(
+            err.to_string().contains("min_words_interruption") || err.to_string().contains("invalid type"),
+            "{err}"
+        );
     }
 }

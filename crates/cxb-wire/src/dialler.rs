@@ -34,12 +34,19 @@ pub struct MediaFormat {
 pub enum DiallerInbound {
     /// Every field except `event`, kept verbatim: it is forwarded as `connected_event`.
     Connected(Map<String, Value>),
-    Start { stream_id: Option<String>, media_format: Option<MediaFormat> },
+    Start {
+        stream_id: Option<String>,
+        media_format: Option<MediaFormat>,
+    },
     Answer,
     /// Decoded LINEAR16 little-endian samples.
     Media(Vec<i16>),
-    HangupCall { disconnected_by: Option<String> },
-    Mark { name: String },
+    HangupCall {
+        disconnected_by: Option<String>,
+    },
+    Mark {
+        name: String,
+    },
 }
 
 impl DiallerInbound {
@@ -61,11 +68,13 @@ impl DiallerInbound {
                         encoding: mf.get("encoding").and_then(Value::as_str).unwrap_or("LINEAR").to_string(),
                         sample_rate: match mf.get("sampleRate") {
                             None | Some(Value::Null) => 8000,
-                            Some(v) => as_u32(v).ok_or(DiallerError::BadField { event: "start", field: "mediaFormat.sampleRate" })?,
+                            Some(v) => as_u32(v)
+                                .ok_or(DiallerError::BadField { event: "start", field: "mediaFormat.sampleRate" })?,
                         },
                         channels: match mf.get("channels") {
                             None | Some(Value::Null) => 1,
-                            Some(v) => as_u32(v).ok_or(DiallerError::BadField { event: "start", field: "mediaFormat.channels" })?,
+                            Some(v) => as_u32(v)
+                                .ok_or(DiallerError::BadField { event: "start", field: "mediaFormat.channels" })?,
                         },
                     }),
                     Some(_) => return Err(DiallerError::BadField { event: "start", field: "mediaFormat" }),
@@ -120,9 +129,7 @@ fn as_u32(v: &Value) -> Option<u32> {
 /// Decode a base64 LINEAR16 little-endian payload into samples.
 pub fn decode_linear16(b64: &str) -> Result<Vec<i16>, DiallerError> {
     use base64::Engine;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .map_err(|_| DiallerError::BadBase64)?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|_| DiallerError::BadBase64)?;
     if bytes.len() % 2 != 0 {
         return Err(DiallerError::OddPcm(bytes.len()));
     }
@@ -190,7 +197,8 @@ impl LegIdentity {
     }
 
     pub fn reverse_media_stop(&self) -> String {
-        serde_json::json!({"event":"reverse-media-stop","callerId":self.caller_id,"streamId":self.stream_id}).to_string()
+        serde_json::json!({"event":"reverse-media-stop","callerId":self.caller_id,"streamId":self.stream_id})
+            .to_string()
     }
 
     pub fn reverse_hangup_call(&self) -> String {
@@ -216,8 +224,17 @@ mod tests {
         let DiallerInbound::Connected(m) = c else { panic!() };
         assert_eq!(m["crm_id"], "42");
         assert!(!m.contains_key("event"));
-        let s = DiallerInbound::parse(r#"{"event":"start","streamId":"s1","mediaFormat":{"encoding":"LINEAR","sampleRate":8000,"channels":1}}"#).unwrap();
-        assert_eq!(s, DiallerInbound::Start { stream_id: Some("s1".into()), media_format: Some(MediaFormat { encoding: "LINEAR".into(), sample_rate: 8000, channels: 1 }) });
+        let s = DiallerInbound::parse(
+            r#"{"event":"start","streamId":"s1","mediaFormat":{"encoding":"LINEAR","sampleRate":8000,"channels":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            s,
+            DiallerInbound::Start {
+                stream_id: Some("s1".into()),
+                media_format: Some(MediaFormat { encoding: "LINEAR".into(), sample_rate: 8000, channels: 1 })
+            }
+        );
         assert_eq!(DiallerInbound::parse(r#"{"event":"answer"}"#).unwrap(), DiallerInbound::Answer);
     }
 
@@ -233,16 +250,44 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_never_a_panic() {
-        for f in ["", "null", "[]", "{}", r#"{"event":5}"#, r#"{"event":"nope"}"#, "\u{0}", r#"{"event":"start","mediaFormat":{"sampleRate":"x"}}"#] {
+        for f in [
+            "",
+            "null",
+            "[]",
+            "{}",
+            r#"{"event":5}"#,
+            r#"{"event":"nope"}"#,
+            "\u{0}",
+            r#"{"event":"start","mediaFormat":{"sampleRate":"x"}}"#,
+        ] {
             assert!(DiallerInbound::parse(f).is_err(), "{f}");
         }
     }
 
     #[test]
     fn reverse_media_carries_every_documented_field() {
-        let leg = LegIdentity { stream_id: "s".into(), caller_id: "c".into(), did: "d".into(), call_direction: "incoming".into() };
-        let v: Value = serde_json::from_str(&leg.reverse_media(42, &[0; 160], 20, "2026-04-24 14:30:00".into())).unwrap();
-        for k in ["event", "chunk", "did", "payload", "timestamp", "streamId", "callerId", "chunk_durn_ms", "callDirection", "encoding", "RevMediaQ", "source"] {
+        let leg = LegIdentity {
+            stream_id: "s".into(),
+            caller_id: "c".into(),
+            did: "d".into(),
+            call_direction: "incoming".into(),
+        };
+        let v: Value =
+            serde_json::from_str(&leg.reverse_media(42, &[0; 160], 20, "2026-04-24 14:30:00".into())).unwrap();
+        for k in [
+            "event",
+            "chunk",
+            "did",
+            "payload",
+            "timestamp",
+            "streamId",
+            "callerId",
+            "chunk_durn_ms",
+            "callDirection",
+            "encoding",
+            "RevMediaQ",
+            "source",
+        ] {
             assert!(v.get(k).is_some(), "missing {k}");
         }
         assert_eq!(v["chunk"], 42);

@@ -26,10 +26,8 @@ where
     match Option::<NumOrStr>::deserialize(d)? {
         None => Ok(None),
         Some(NumOrStr::Num(n)) => Ok(Some(n)),
-        Some(NumOrStr::Str(s)) => s
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| serde::de::Error::custom(format!("not a number: {s:?}"))),
+        Some(NumOrStr::Str(s)) => {
+            s.trim().parse().map(Some).map_err(|_| serde::de::Error::custom(format!("not a number: {s:?}")))
+        }
     }
 }
