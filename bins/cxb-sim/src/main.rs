@@ -1,1 +1,187 @@
-fn main() {}
+//! cxb-sim CLI: `serve` (provider doubles + fake CXB API on one port) and `dial` (load generator).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use cxb_sim::dialler::{run_dial, DialOptions};
+use cxb_sim::{raise_fd_limit, start, Script, ServeOptions};
+
+#[derive(Parser)]
+#[command(name = "cxb-sim", version, about = "Provider doubles, fake CXB API and load dialler for cxb-core")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the Deepgram/OpenAI/Cartesia/ElevenLabs doubles and the fake CXB API on one port.
+    Serve(ServeArgs),
+    /// Drive calls against a worker's dialler WebSocket endpoint and print a JSON summary.
+    Dial(DialArgs),
+}
+
+#[derive(Parser)]
+struct ServeArgs {
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Write `127.0.0.1:PORT` here (atomically) once listening.
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
+    /// Require this value in X-CXBCore-Secret or X-CXB-Core-Secret on the fake API.
+    #[arg(long, env = "CXB_SIM_SECRET")]
+    secret: Option<String>,
+    #[arg(long, default_value_t = 80)]
+    stt_latency_ms: u64,
+    #[arg(long, default_value_t = 200)]
+    stt_endpointing_ms: u64,
+    #[arg(long, default_value_t = 150)]
+    llm_ttft_ms: u64,
+    #[arg(long, default_value_t = 0)]
+    llm_token_interval_ms: u64,
+    #[arg(long, default_value_t = 100)]
+    tts_ttfb_ms: u64,
+    /// Conversation script; default: the embedded copy of assets/sim/script.json.
+    #[arg(long)]
+    script: Option<PathBuf>,
+    /// Append every accepted results payload as one JSON line.
+    #[arg(long)]
+    results_file: Option<PathBuf>,
+    /// Deepgram NET-0001 idle timeout (ms).
+    #[arg(long, default_value_t = 10_000, hide = true)]
+    stt_idle_timeout_ms: u64,
+    /// How long the `slow-config` bot sleeps (ms).
+    #[arg(long, default_value_t = 30_000, hide = true)]
+    slow_config_ms: u64,
+}
+
+#[derive(Parser)]
+struct DialArgs {
+    /// Worker dialler endpoint, e.g. ws://127.0.0.1:8080/ws/demo
+    #[arg(long)]
+    url: String,
+    #[arg(long, default_value_t = 1)]
+    calls: usize,
+    /// Calls in flight at once (default: all).
+    #[arg(long, default_value_t = 0)]
+    concurrency: usize,
+    #[arg(long, default_value = "assets/sim/scenario.json")]
+    scenario: PathBuf,
+    /// Delay between call starts.
+    #[arg(long, default_value_t = 10)]
+    ramp_ms: u64,
+    /// Upper bound for one call, connect to close.
+    #[arg(long, default_value_t = 180)]
+    timeout_secs: u64,
+    /// The sim server, to read the injected latencies from /sim/settings.
+    #[arg(long)]
+    sim_url: Option<String>,
+    /// Also write the summary here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long, default_value_t = 20)]
+    frame_ms: u64,
+}
+
+fn write_atomic(path: &Path, content: &str) -> std::io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("addr");
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, content)?;
+    std::fs::rename(&tmp, path)
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let script = match &a.script {
+        Some(p) => Script::load(p)?,
+        None => Script::embedded(),
+    };
+    let opts = ServeOptions {
+        listen: a.listen,
+        secret: a.secret,
+        stt_latency_ms: a.stt_latency_ms,
+        stt_endpointing_ms: a.stt_endpointing_ms,
+        llm_ttft_ms: a.llm_ttft_ms,
+        llm_token_interval_ms: a.llm_token_interval_ms,
+        tts_ttfb_ms: a.tts_ttfb_ms,
+        script,
+        results_file: a.results_file,
+        stt_idle_timeout: Duration::from_millis(a.stt_idle_timeout_ms),
+        slow_config_delay: Duration::from_millis(a.slow_config_ms),
+        ..ServeOptions::default()
+    };
+    let mut server = start(opts).await?;
+    let addr = server.state.public_addr();
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", serde_json::json!({ "listening": addr }))?;
+        out.flush()?;
+    }
+    if let Some(p) = &a.addr_file {
+        write_atomic(p, &addr).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?;
+    }
+    tracing::info!("cxb-sim serving on {addr}");
+    let shutdown = async {
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    tokio::select! {
+        r = server.wait() => return r,
+        _ = shutdown => tracing::info!("shutting down"),
+    }
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn dial(a: DialArgs) -> anyhow::Result<()> {
+    let summary = run_dial(DialOptions {
+        url: a.url,
+        calls: a.calls,
+        concurrency: a.concurrency,
+        scenario: a.scenario,
+        ramp_ms: a.ramp_ms,
+        timeout_secs: a.timeout_secs,
+        sim_url: a.sim_url,
+        out: a.out,
+        frame_ms: a.frame_ms,
+    })
+    .await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
+    out.flush()?;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    if let Some(n) = raise_fd_limit() {
+        tracing::debug!("open-files limit: {n}");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Serve(a) => serve(a).await,
+            Cmd::Dial(a) => dial(a).await,
+        }
+    })
+}

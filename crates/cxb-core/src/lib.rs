@@ -1,1 +1,95 @@
+//! The cxb-core worker: routes (axum), CallTracker, the per-call driver, config fetch, result
+//! delivery, settings and metrics. `run` is what the binary calls.
 
+pub mod app;
+pub mod auth;
+pub mod call;
+pub mod config_client;
+pub mod delivery;
+pub mod metrics_setup;
+pub mod providers;
+pub mod results;
+pub mod settings;
+pub mod tracker;
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+pub use settings::Settings;
+
+/// Bind, serve, and on SIGTERM/SIGINT drain: refuse new calls, let live ones finish (bounded by
+/// `drain_secs`), then exit.
+pub async fn run(settings: Settings) -> anyhow_free::Result<()> {
+    let listener = TcpListener::bind(settings.listen_addr).await?;
+    serve(listener, settings, shutdown_signal()).await
+}
+
+/// Serve on an already-bound listener until `shutdown` resolves, then drain.
+pub async fn serve(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow_free::Result<()> {
+    let handle = metrics_setup::install();
+    let drain = Duration::from_secs(settings.drain_secs);
+    let mode = match &settings.config_url {
+        Some(u) => format!("config from {u}"),
+        None => format!(
+            "embedded default: bots from {}, results to {}",
+            settings.bots_dir.display(),
+            settings.results_dir().display()
+        ),
+    };
+    let state = app::AppState::new(settings, handle);
+    let tracker = state.tracker.clone();
+    let addr = listener.local_addr()?;
+    info!(%addr, max_calls = tracker.max(), %mode, "cxb-core listening");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain_tracker = tracker.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        info!("shutdown requested: refusing new calls, draining live ones");
+        drain_tracker.start_draining();
+        if tokio::time::timeout(drain, drain_tracker.wait_idle()).await.is_err() {
+            warn!(active = drain_tracker.active(), "drain period over; exiting with calls still live");
+        }
+        let _ = stop_tx.send(());
+    });
+    axum::serve(listener, app::router(state))
+        .with_graceful_shutdown(async move {
+            let _ = stop_rx.await;
+        })
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// The library's own error for `run` (the binary wraps it in anyhow).
+pub mod anyhow_free {
+    pub type Result<T> = std::result::Result<T, Error>;
+
+    #[derive(Debug, thiserror::Error)]
+    pub enum Error {
+        #[error("I/O: {0}")]
+        Io(#[from] std::io::Error),
+    }
+}

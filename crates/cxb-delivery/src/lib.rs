@@ -1,1 +1,12 @@
+//! Durable delivery for cxb-core: the outbox that makes call results, Agent
+//! Desk handoff requests and recording uploads survive crashes and receiver
+//! outages. See [`outbox`].
 
+#![deny(unsafe_code)]
+
+pub mod outbox;
+
+pub use outbox::{
+    Deliverer, Entry, EntryDetail, EntryId, EntrySummary, HttpBody, HttpTarget, NewEntry, Outbox, OutboxConfig,
+    OutboxError, OutboxStats, Outcome, State, Target,
+};

@@ -58,6 +58,9 @@ pub struct EngineConfig {
     pub llm_first_token_timeout: Duration,
     pub tts_first_audio_timeout: Duration,
     pub tool_timeout: Duration,
+    /// The VAD's end-of-speech hangover: `SpeechStopped` arrives this long after the caller's
+    /// last voiced frame. Response latency is measured from the real end of speech.
+    pub vad_stop_hangover: Duration,
 }
 
 impl EngineConfig {
@@ -76,6 +79,7 @@ impl EngineConfig {
             llm_first_token_timeout: Duration::from_secs(10),
             tts_first_audio_timeout: Duration::from_secs(8),
             tool_timeout: Duration::from_secs(15),
+            vad_stop_hangover: Duration::ZERO,
         }
     }
 
@@ -391,6 +395,7 @@ impl Conversation {
                 if let Some(llm) = self.llm.as_mut().filter(|l| l.id == turn) {
                     llm.tool_calls.extend(calls);
                 }
+                self.mark_first_token(now, turn);
             }
             Input::LlmDone { turn, usage } => self.on_llm_done(now, turn, usage),
             Input::LlmFailed { turn, error } => {
@@ -629,18 +634,23 @@ impl Conversation {
     }
 
     fn on_llm_token(&mut self, now: Duration, turn: u64, text: String) {
+        self.mark_first_token(now, turn);
+        let Some(llm) = self.llm.as_mut().filter(|l| l.id == turn) else { return };
+        llm.text.push_str(&text);
+        let pieces = llm.splitter.push(&text);
+        let utterance = llm.utterance;
+        for p in pieces {
+            self.speak(now, utterance, &p);
+        }
+    }
+
+    fn mark_first_token(&mut self, now: Duration, turn: u64) {
         let Some(llm) = self.llm.as_mut().filter(|l| l.id == turn) else { return };
         if llm.first_token_at.is_none() {
             llm.first_token_at = Some(now);
             if let Some(i) = llm.latency_sample {
                 self.record.latency[i].llm_ttft_ms = Some(ms(now - llm.started_at));
             }
-        }
-        llm.text.push_str(&text);
-        let pieces = llm.splitter.push(&text);
-        let utterance = llm.utterance;
-        for p in pieces {
-            self.speak(now, utterance, &p);
         }
     }
 
@@ -880,10 +890,14 @@ impl Conversation {
             _ => self.messages.push(ChatMessage::User(text)),
         }
         self.turns += 1;
-        let speech_end = turn.vad_stopped_at.unwrap_or(now);
+        let vad_stop = turn.vad_stopped_at.unwrap_or(now);
+        let speech_end = match turn.vad_stopped_at {
+            Some(t) => t.saturating_sub(self.cfg.vad_stop_hangover),
+            None => now,
+        };
         let sample = LatencySample {
             turn: self.turns,
-            stt_final_delay_ms: ms(now.saturating_sub(speech_end)),
+            stt_final_delay_ms: ms(now.saturating_sub(vad_stop)),
             ..Default::default()
         };
         self.record.latency.push(sample);

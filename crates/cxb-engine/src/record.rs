@@ -27,13 +27,13 @@ pub struct EventRecord {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LatencySample {
     pub turn: u32,
-    /// Caller speech ended (VAD stop) → turn closed (final transcript in hand).
+    /// VAD end-of-speech decision → turn closed (final transcript in hand).
     pub stt_final_delay_ms: f64,
     /// LLM request → first token.
     pub llm_ttft_ms: Option<f64>,
     /// First text sent to TTS → first audio back.
     pub tts_ttfb_ms: Option<f64>,
-    /// Caller speech ended → first bot audio sent to the caller.
+    /// Caller's last voiced frame (VAD stop minus its hangover) → first bot audio sent.
     pub total_response_ms: Option<f64>,
 }
 

@@ -13,3 +13,4 @@ mod llm_openai;
 mod stt_deepgram;
 mod tts_cartesia;
 mod tts_elevenlabs;
+mod ws;

@@ -31,7 +31,10 @@ pub enum LlmEvent {
     Token(String),
     /// All tool calls of the response, reassembled, emitted once at the end before `Done`.
     ToolCalls(Vec<ToolCall>),
-    Done { finish_reason: Option<String>, usage: Option<Usage> },
+    Done {
+        finish_reason: Option<String>,
+        usage: Option<Usage>,
+    },
     Error(ProviderError),
 }
 

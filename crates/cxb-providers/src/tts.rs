@@ -41,13 +41,24 @@ pub struct WordTiming {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum TtsEvent {
-    Audio { context_id: String, pcm: Vec<i16> },
-    Words { context_id: String, words: Vec<WordTiming> },
+    Audio {
+        context_id: String,
+        pcm: Vec<i16>,
+    },
+    Words {
+        context_id: String,
+        words: Vec<WordTiming>,
+    },
     /// All audio of a flushed context has been delivered.
-    Done { context_id: String },
+    Done {
+        context_id: String,
+    },
     /// A failure. `context_id` is set when only that context failed; `None` means the
     /// connection is gone (terminal).
-    Error { context_id: Option<String>, error: ProviderError },
+    Error {
+        context_id: Option<String>,
+        error: ProviderError,
+    },
 }
 
 #[derive(Debug)]

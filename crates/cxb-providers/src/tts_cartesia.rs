@@ -1,8 +1,410 @@
-use tokio::sync::mpsc;
+//! Cartesia streaming TTS (`/tts/websocket`, wire-protocols §5).
+//!
+//! One socket per call multiplexes contexts (one per bot turn). Cartesia closes sockets after
+//! about five idle minutes and has no keepalive, so a socket lost while no context is active is
+//! silently reopened on the next `speak`; losing it mid-context is terminal.
 
-use crate::tts::{TtsEvent, TtsHandle, TtsParams};
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::{self, Message};
+use url::Url;
+
+use crate::tts::{TtsCommand, TtsEvent, TtsHandle, TtsParams, WordTiming};
+use crate::ws::{self, WsStream};
 use crate::ProviderError;
 
-pub(crate) async fn connect(_params: &TtsParams) -> Result<(TtsHandle, mpsc::Receiver<TtsEvent>), ProviderError> {
-    Err(ProviderError::Unsupported("not yet implemented".into()))
+const PROVIDER: &str = "cartesia";
+/// The API version pipecat pins and the spec documents.
+const API_VERSION: &str = "2026-03-01";
+const DEFAULT_MODEL: &str = "sonic-3";
+const COMMAND_QUEUE: usize = 512;
+const EVENT_QUEUE: usize = 256;
+/// Cancelled context ids we remember to drop late commands and messages; a call cancels a
+/// handful of turns, and anything older than this has long gone quiet.
+const REMEMBERED_CLOSED: usize = 64;
+/// `tts.extra` keys forwarded into every generation request.
+const EXTRA_REQUEST_KEYS: &[&str] = &["generation_config", "pronunciation_dict_id", "max_buffer_delay_ms"];
+
+pub(crate) async fn connect(params: &TtsParams) -> Result<(TtsHandle, mpsc::Receiver<TtsEvent>), ProviderError> {
+    let cfg = Config::from_params(params)?;
+    // Opening here proves reachability and the key before the call starts.
+    let socket = cfg.open().await?;
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+    let session = Session {
+        cfg,
+        ws: Some(socket),
+        cmd_rx,
+        ev_tx,
+        active: HashMap::new(),
+        closed: VecDeque::with_capacity(REMEMBERED_CLOSED),
+    };
+    tokio::spawn(session.run());
+    Ok((TtsHandle { tx: cmd_tx, provider: PROVIDER }, ev_rx))
+}
+
+struct Config {
+    url: Url,
+    api_key: String,
+    connect_timeout: Duration,
+    model: String,
+    voice_id: String,
+    language: Option<String>,
+    sample_rate: u32,
+    extra: Map<String, Value>,
+}
+
+impl Config {
+    fn from_params(params: &TtsParams) -> Result<Self, ProviderError> {
+        let model = if params.model.is_empty() { DEFAULT_MODEL } else { params.model.as_str() };
+        let extra = params
+            .extra
+            .iter()
+            .filter(|(k, _)| EXTRA_REQUEST_KEYS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok(Self {
+            url: ws::ws_url(PROVIDER, &params.base_url, "/tts/websocket")?,
+            api_key: params.api_key.clone(),
+            connect_timeout: params.connect_timeout,
+            model: model.to_string(),
+            voice_id: params.voice_id.clone(),
+            language: params.language.clone().filter(|l| !l.is_empty()),
+            sample_rate: params.sample_rate,
+            extra,
+        })
+    }
+
+    async fn open(&self) -> Result<WsStream, ProviderError> {
+        let headers = [("x-api-key", self.api_key.clone()), ("cartesia-version", API_VERSION.to_string())];
+        ws::connect(PROVIDER, &self.url, &headers, self.connect_timeout).await
+    }
+
+    /// One generation request; `transcript:""` with `continue:false` ends the context.
+    fn generation(&self, context_id: &str, transcript: &str, more: bool) -> Value {
+        let mut req = json!({
+            "context_id": context_id,
+            "model_id": self.model,
+            "transcript": transcript,
+            "continue": more,
+            "voice": { "mode": "id", "id": self.voice_id },
+            "output_format": { "container": "raw", "encoding": "pcm_s16le", "sample_rate": self.sample_rate },
+            "add_timestamps": true,
+            "use_normalized_timestamps": false,
+            "max_buffer_delay_ms": 0,
+        });
+        if let Some(obj) = req.as_object_mut() {
+            if let Some(language) = &self.language {
+                obj.insert("language".into(), json!(language));
+            }
+            obj.extend(self.extra.clone());
+        }
+        req
+    }
+}
+
+/// Whether the session goes on after handling something.
+#[derive(PartialEq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Per-context decoding state.
+#[derive(Default)]
+struct Context {
+    carry: Option<u8>,
+}
+
+struct Session {
+    cfg: Config,
+    /// `None` after the server dropped an idle socket; reopened on the next `speak`.
+    ws: Option<WsStream>,
+    cmd_rx: mpsc::Receiver<TtsCommand>,
+    ev_tx: mpsc::Sender<TtsEvent>,
+    /// Contexts spoken into and not yet done, failed or cancelled.
+    active: HashMap<String, Context>,
+    /// Recently cancelled/failed contexts, whose later commands and messages are dropped.
+    closed: VecDeque<String>,
+}
+
+impl Session {
+    async fn run(mut self) {
+        loop {
+            let flow = tokio::select! {
+                cmd = self.cmd_rx.recv() => match cmd {
+                    Some(TtsCommand::Close) | None => Flow::Stop,
+                    Some(cmd) => self.on_command(cmd).await,
+                },
+                msg = next_message(&mut self.ws) => self.on_message(msg).await,
+            };
+            if flow == Flow::Stop {
+                break;
+            }
+        }
+        if let Some(socket) = self.ws.as_mut() {
+            ws::close_quietly(socket).await;
+        }
+    }
+
+    async fn on_command(&mut self, cmd: TtsCommand) -> Flow {
+        let context_id = match &cmd {
+            TtsCommand::Speak { context_id, .. }
+            | TtsCommand::Flush { context_id }
+            | TtsCommand::Cancel { context_id } => context_id.clone(),
+            TtsCommand::Close => return Flow::Stop,
+        };
+        if self.closed.contains(&context_id) {
+            tracing::debug!(context_id, "dropping command for a closed tts context");
+            return Flow::Continue;
+        }
+        match cmd {
+            TtsCommand::Speak { text, .. } if text.is_empty() => Flow::Continue,
+            TtsCommand::Speak { text, .. } => self.speak(&context_id, &text).await,
+            TtsCommand::Flush { .. } => self.flush(&context_id).await,
+            TtsCommand::Cancel { .. } => self.cancel(&context_id).await,
+            TtsCommand::Close => Flow::Stop,
+        }
+    }
+
+    async fn speak(&mut self, context_id: &str, text: &str) -> Flow {
+        let request = self.cfg.generation(context_id, text, true);
+        let mut retried = false;
+        loop {
+            let mut socket = match self.ws.take() {
+                Some(socket) => socket,
+                None => match self.cfg.open().await {
+                    Ok(socket) => socket,
+                    Err(e) => return self.context_failed(context_id, e).await,
+                },
+            };
+            let sent = ws::send_json(PROVIDER, &mut socket, &request).await;
+            self.ws = Some(socket);
+            match sent {
+                Ok(()) => {
+                    self.active.entry(context_id.to_string()).or_default();
+                    return Flow::Continue;
+                }
+                // Other contexts (or this one) live on this socket: the connection is gone.
+                Err(e) if !self.active.is_empty() => return self.socket_lost(e).await,
+                // An idle socket the server closed may only show up as a failed write.
+                Err(e) if !retried => {
+                    tracing::debug!(error = %e, "cartesia idle socket gone; reconnecting");
+                    self.ws = None;
+                    retried = true;
+                }
+                Err(e) => {
+                    self.ws = None;
+                    return self.context_failed(context_id, e).await;
+                }
+            }
+        }
+    }
+
+    async fn flush(&mut self, context_id: &str) -> Flow {
+        if !self.active.contains_key(context_id) {
+            // Nothing was spoken: there is no audio to wait for.
+            return self.emit(TtsEvent::Done { context_id: context_id.to_string() }).await;
+        }
+        let request = self.cfg.generation(context_id, "", false);
+        self.send(&request).await
+    }
+
+    async fn cancel(&mut self, context_id: &str) -> Flow {
+        self.remember_closed(context_id);
+        if self.active.remove(context_id).is_none() {
+            return Flow::Continue;
+        }
+        self.send(&json!({ "context_id": context_id, "cancel": true })).await
+    }
+
+    /// Send on the current socket; a failure here always has an active context at stake.
+    async fn send(&mut self, value: &Value) -> Flow {
+        let Some(socket) = self.ws.as_mut() else {
+            return self.socket_lost(closed("socket not open")).await;
+        };
+        match ws::send_json(PROVIDER, socket, value).await {
+            Ok(()) => Flow::Continue,
+            Err(e) => self.socket_lost(e).await,
+        }
+    }
+
+    async fn on_message(&mut self, msg: Option<Result<Message, tungstenite::Error>>) -> Flow {
+        match msg {
+            Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
+            Some(Ok(Message::Close(frame))) => self.socket_lost(ws::unexpected_close(PROVIDER, frame.as_ref())).await,
+            Some(Ok(_)) => Flow::Continue,
+            Some(Err(e)) => self.socket_lost(ws::socket_error(PROVIDER, e)).await,
+            None => self.socket_lost(closed("socket ended")).await,
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Flow {
+        let msg: ServerMsg = match serde_json::from_str(text) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring malformed cartesia message");
+                return Flow::Continue;
+            }
+        };
+        let Some(context_id) = msg.context_id.clone() else {
+            if msg.kind.as_deref() == Some("error") {
+                // Not tied to a context: the connection itself is unusable.
+                let error = ProviderError::Remote { provider: PROVIDER, detail: msg.error_detail() };
+                self.emit(TtsEvent::Error { context_id: None, error }).await;
+                return Flow::Stop;
+            }
+            tracing::debug!(kind = ?msg.kind, "ignoring cartesia message without context");
+            return Flow::Continue;
+        };
+        if !self.active.contains_key(&context_id) {
+            // Cancelled, failed or finished: late output is dropped on purpose.
+            tracing::trace!(context_id, kind = ?msg.kind, "dropping message for inactive context");
+            return Flow::Continue;
+        }
+        self.on_context_message(context_id, msg).await
+    }
+
+    async fn on_context_message(&mut self, context_id: String, msg: ServerMsg) -> Flow {
+        match msg.kind.as_deref() {
+            Some("chunk") => {
+                let Some(ctx) = self.active.get_mut(&context_id) else {
+                    return Flow::Continue;
+                };
+                match ws::pcm_from_base64(&mut ctx.carry, msg.data.as_deref().unwrap_or("")) {
+                    Ok(pcm) if pcm.is_empty() => Flow::Continue,
+                    Ok(pcm) => self.emit(TtsEvent::Audio { context_id, pcm }).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, context_id, "dropping undecodable cartesia audio chunk");
+                        Flow::Continue
+                    }
+                }
+            }
+            Some("timestamps") => match msg.word_timestamps.map(WordTimestamps::into_words) {
+                Some(words) if !words.is_empty() => self.emit(TtsEvent::Words { context_id, words }).await,
+                _ => Flow::Continue,
+            },
+            Some("done") => {
+                self.active.remove(&context_id);
+                self.emit(TtsEvent::Done { context_id }).await
+            }
+            Some("error") => {
+                let error = ProviderError::Remote { provider: PROVIDER, detail: msg.error_detail() };
+                self.context_failed(&context_id, error).await
+            }
+            Some("flush_done") => Flow::Continue,
+            other => {
+                tracing::debug!(kind = ?other, "ignoring cartesia message");
+                Flow::Continue
+            }
+        }
+    }
+
+    /// One context is lost; the connection carries on.
+    async fn context_failed(&mut self, context_id: &str, error: ProviderError) -> Flow {
+        tracing::warn!(error = %error, context_id, "cartesia context failed");
+        self.active.remove(context_id);
+        self.remember_closed(context_id);
+        self.emit(TtsEvent::Error { context_id: Some(context_id.to_string()), error }).await
+    }
+
+    /// The socket is gone. Harmless while idle (reopen later); terminal mid-context.
+    async fn socket_lost(&mut self, error: ProviderError) -> Flow {
+        self.ws = None;
+        if self.active.is_empty() {
+            tracing::debug!(error = %error, "cartesia socket closed while idle; will reopen on demand");
+            return Flow::Continue;
+        }
+        tracing::warn!(error = %error, "cartesia socket lost mid-context");
+        self.emit(TtsEvent::Error { context_id: None, error }).await;
+        Flow::Stop
+    }
+
+    fn remember_closed(&mut self, context_id: &str) {
+        if self.closed.len() == REMEMBERED_CLOSED {
+            self.closed.pop_front();
+        }
+        self.closed.push_back(context_id.to_string());
+    }
+
+    async fn emit(&self, event: TtsEvent) -> Flow {
+        match self.ev_tx.send(event).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Stop,
+        }
+    }
+}
+
+fn closed(detail: &str) -> ProviderError {
+    ProviderError::Closed { provider: PROVIDER, detail: detail.to_string() }
+}
+
+/// Next socket message, or never while there is no socket.
+async fn next_message(ws: &mut Option<WsStream>) -> Option<Result<Message, tungstenite::Error>> {
+    match ws {
+        Some(socket) => socket.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[derive(Deserialize)]
+struct ServerMsg {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    context_id: Option<String>,
+    data: Option<String>,
+    word_timestamps: Option<WordTimestamps>,
+    title: Option<String>,
+    message: Option<String>,
+    // Loosely typed: an unexpected type here must not cost us the error message itself.
+    error_code: Option<Value>,
+    status_code: Option<Value>,
+}
+
+impl ServerMsg {
+    /// "Invalid model: … (model_not_found, 400)".
+    fn error_detail(&self) -> String {
+        let text = match (&self.title, &self.message) {
+            (Some(t), Some(m)) => format!("{t}: {m}"),
+            (Some(s), None) | (None, Some(s)) => s.clone(),
+            (None, None) => "unknown error".to_string(),
+        };
+        let tag = |v: &Option<Value>| match v {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Null) | None => None,
+            Some(other) => Some(other.to_string()),
+        };
+        let tags: Vec<String> = [tag(&self.error_code), tag(&self.status_code)].into_iter().flatten().collect();
+        if tags.is_empty() {
+            text
+        } else {
+            format!("{text} ({})", tags.join(", "))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct WordTimestamps {
+    #[serde(default)]
+    words: Vec<String>,
+    #[serde(default)]
+    start: Vec<f32>,
+    #[serde(default)]
+    end: Vec<f32>,
+}
+
+impl WordTimestamps {
+    fn into_words(self) -> Vec<WordTiming> {
+        self.words
+            .into_iter()
+            .zip(self.start)
+            .zip(self.end)
+            .map(|((word, start_secs), end_secs)| WordTiming { word, start_secs, end_secs })
+            .collect()
+    }
 }

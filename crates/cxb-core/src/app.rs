@@ -1,0 +1,160 @@
+//! Router, shared state and the non-call routes (health, fleet health, metrics).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use cxb_providers::llm::LlmClient;
+use cxb_transports::dialler::Dialler;
+use cxb_wire::health::{FleetHealth, FleetWorker, WorkerHealth};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+use tracing::warn;
+
+use crate::call::run_ws_call;
+use crate::config_client::{valid_bot_id, ConfigSource};
+use crate::delivery::ResultDelivery;
+use crate::settings::Settings;
+use crate::tracker::CallTracker;
+
+/// Shared by every route and call task.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub tracker: CallTracker,
+    pub config: ConfigSource,
+    pub llm: LlmClient,
+    pub delivery: ResultDelivery,
+    pub http: reqwest::Client,
+    pub metrics: PrometheusHandle,
+}
+
+impl AppState {
+    pub fn new(settings: Settings, metrics: PrometheusHandle) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .expect("static reqwest settings");
+        let config = match &settings.config_url {
+            Some(url) => ConfigSource::Api {
+                base_url: url.clone(),
+                secret: settings.secret.clone(),
+                timeout: settings.config_timeout(),
+                http: http.clone(),
+            },
+            None => ConfigSource::Local { dir: settings.bots_dir.clone() },
+        };
+        let delivery = ResultDelivery::new(http.clone(), settings.secret.clone(), settings.results_dir());
+        metrics::gauge!("cxb_call_slots").set(settings.max_concurrent_calls as f64);
+        Self {
+            tracker: CallTracker::new(settings.max_concurrent_calls),
+            settings: Arc::new(settings),
+            config,
+            llm: LlmClient::new(),
+            delivery,
+            http,
+            metrics,
+        }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/health/fleet", get(fleet_health))
+        .route("/metrics", get(metrics_route))
+        .route("/ws/{bot_id}", get(ws_route))
+        .with_state(state)
+}
+
+/// The documented 429 body for call-start routes (contract §13.4).
+pub fn at_capacity() -> Response {
+    (StatusCode::TOO_MANY_REQUESTS, Json(json!({"status":"rejected","error":"at_capacity"}))).into_response()
+}
+
+async fn ws_route(State(app): State<AppState>, Path(bot_id): Path<String>, ws: WebSocketUpgrade) -> Response {
+    if !valid_bot_id(&bot_id) {
+        return (StatusCode::NOT_FOUND, Json(json!({"status":"rejected","error":"invalid bot id"}))).into_response();
+    }
+    let call_id = uuid::Uuid::new_v4().to_string();
+    // The slot is taken before anything else happens; at capacity the upgrade is refused.
+    let Some(slot) = app.tracker.try_acquire(call_id) else {
+        metrics::counter!("cxb_calls_rejected_total", "reason" => "at_capacity").increment(1);
+        warn!(%bot_id, "refusing WebSocket call: at capacity");
+        return at_capacity();
+    };
+    let max = app.settings.max_frame_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| run_ws_call(app, socket, Dialler::new(), bot_id, slot))
+}
+
+fn worker_health(app: &AppState) -> WorkerHealth {
+    let calls = app.tracker.active();
+    let max = app.tracker.max();
+    let total_capacity = max * app.settings.workers;
+    WorkerHealth {
+        status: "ok".into(),
+        worker_calls: calls,
+        worker_max: max,
+        total_capacity,
+        total_available: total_capacity.saturating_sub(calls),
+        workers: app.settings.workers,
+        worker_id: app.settings.worker_id.clone(),
+        worker_pid: std::process::id(),
+    }
+}
+
+async fn health(State(app): State<AppState>) -> Json<WorkerHealth> {
+    Json(worker_health(&app))
+}
+
+async fn fleet_health(State(app): State<AppState>) -> Json<FleetHealth> {
+    let me = worker_health(&app);
+    let mut workers = vec![FleetWorker::Up {
+        id: me.worker_id.clone(),
+        calls: me.worker_calls,
+        max: me.worker_max,
+        pid: me.worker_pid,
+    }];
+    let peers = app.settings.fleet_peers.iter().filter(|p| !p.trim().is_empty()).enumerate().map(|(i, base)| {
+        let http = app.http.clone();
+        let url = format!("{}/health", base.trim_end_matches('/'));
+        async move {
+            let fallback_id = format!("peer-{}", i + 1);
+            let r = http.get(&url).timeout(Duration::from_secs(3)).send().await;
+            match r {
+                Ok(resp) if resp.status().is_success() => match resp.json::<WorkerHealth>().await {
+                    Ok(h) => {
+                        FleetWorker::Up { id: h.worker_id, calls: h.worker_calls, max: h.worker_max, pid: h.worker_pid }
+                    }
+                    Err(_) => FleetWorker::Unreachable { id: fallback_id, status: "unreachable".into() },
+                },
+                _ => FleetWorker::Unreachable { id: fallback_id, status: "unreachable".into() },
+            }
+        }
+    });
+    workers.extend(futures_util::future::join_all(peers).await);
+    let (mut calls, mut max) = (0, 0);
+    for w in &workers {
+        if let FleetWorker::Up { calls: c, max: m, .. } = w {
+            calls += c;
+            max += m;
+        }
+    }
+    let mut available = max.saturating_sub(calls);
+    if app.settings.health_cap16 {
+        available = available.min(16);
+    }
+    Json(FleetHealth { status: "ok".into(), fleet_calls: calls, fleet_max: max, fleet_available: available, workers })
+}
+
+async fn metrics_route(State(app): State<AppState>) -> Response {
+    metrics::gauge!("cxb_active_calls").set(app.tracker.active() as f64);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.metrics.render()).into_response()
+}

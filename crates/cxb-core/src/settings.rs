@@ -1,0 +1,135 @@
+//! Worker settings: documented env names, parsed once into typed settings (also `--help`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// cxb-core: the fleet worker of a contact-centre voice-AI platform.
+///
+/// Every setting can be given as a flag or as the environment variable shown.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "cxb-core", version, about, long_about = None)]
+pub struct Settings {
+    /// Address to listen on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    pub listen_addr: SocketAddr,
+
+    /// Base URL of the CXB API config endpoint (e.g. https://api.cxbridge.io/api/v1/config).
+    /// Unset: embedded default (bot files from --bots-dir, results to --data-dir/results).
+    #[arg(long, env = "CXB_API_CONFIG_URL")]
+    pub config_url: Option<String>,
+
+    /// Shared secret for the X-CXBCore-Secret / X-CXB-Core-Secret headers.
+    #[arg(long, env = "CXBCORE_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+
+    /// Concurrent calls this process accepts (CallTracker slots).
+    #[arg(long, env = "MAX_CONCURRENT_CALLS", default_value_t = 500)]
+    pub max_concurrent_calls: u64,
+
+    /// Worker count reported by /health (`workers`); 1 for a single process.
+    #[arg(long, env = "CXBCORE_WORKERS", default_value_t = 1)]
+    pub workers: u64,
+
+    /// This worker's id in /health and /health/fleet.
+    #[arg(long, env = "CXBCORE_WORKER_ID", default_value = "1")]
+    pub worker_id: String,
+
+    /// Other local workers' base URLs (comma-separated) aggregated by /health/fleet.
+    #[arg(long, env = "CXBCORE_FLEET_PEERS", value_delimiter = ',')]
+    pub fleet_peers: Vec<String>,
+
+    /// Cap `fleet_available` at 16 in /health/fleet for HAProxy checks that still use the
+    /// documented `([1-9]|1[0-6])` pattern (contract §13.1).
+    #[arg(long, env = "CXBCORE_HEALTH_CAP16", default_value_t = false)]
+    pub health_cap16: bool,
+
+    /// Directory of local bot files `<bot_id>.json` for the embedded default.
+    #[arg(long, env = "CXBCORE_BOTS_DIR", default_value = "assets/bots")]
+    pub bots_dir: PathBuf,
+
+    /// Data directory: results/, outbox/, recordings/.
+    #[arg(long, env = "CXBCORE_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// Bound on the config fetch, in milliseconds.
+    #[arg(long, env = "CXBCORE_CONFIG_TIMEOUT_MS", default_value_t = 5000)]
+    pub config_timeout_ms: u64,
+
+    /// Bound on the dialler handshake (connected → start → answer), in milliseconds.
+    #[arg(long, env = "CXBCORE_HANDSHAKE_TIMEOUT_MS", default_value_t = 10000)]
+    pub handshake_timeout_ms: u64,
+
+    /// Largest accepted WebSocket message, in bytes (larger frames close the call with 1009).
+    #[arg(long, env = "CXBCORE_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// A caller that sends nothing (no audio, no events) for this long has vanished.
+    #[arg(long, env = "CXBCORE_INBOUND_IDLE_TIMEOUT_MS", default_value_t = 15000)]
+    pub inbound_idle_timeout_ms: u64,
+
+    /// Bound on connecting to STT/TTS providers, in milliseconds.
+    #[arg(long, env = "CXBCORE_PROVIDER_CONNECT_TIMEOUT_MS", default_value_t = 5000)]
+    pub provider_connect_timeout_ms: u64,
+
+    /// Bound on the LLM's first token and on each later chunk, in milliseconds.
+    #[arg(long, env = "CXBCORE_LLM_TIMEOUT_MS", default_value_t = 10000)]
+    pub llm_timeout_ms: u64,
+
+    /// Log format: text or json.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+
+    /// Fallback API keys when a bot config's provider block has none.
+    #[arg(long, env = "DEEPGRAM_API_KEY", hide_env_values = true)]
+    pub deepgram_api_key: Option<String>,
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    pub openai_api_key: Option<String>,
+    #[arg(long, env = "CARTESIA_API_KEY", hide_env_values = true)]
+    pub cartesia_api_key: Option<String>,
+    #[arg(long, env = "ELEVENLABS_API_KEY", hide_env_values = true)]
+    pub elevenlabs_api_key: Option<String>,
+
+    /// Seconds to let live calls finish after SIGTERM before exiting.
+    #[arg(long, env = "CXBCORE_DRAIN_SECS", default_value_t = 30)]
+    pub drain_secs: u64,
+}
+
+impl Settings {
+    /// `CONFIG_URL` is the documented alias of `CXB_API_CONFIG_URL`.
+    pub fn resolve_aliases(mut self) -> Self {
+        if self.config_url.is_none() {
+            self.config_url = std::env::var("CONFIG_URL").ok().filter(|s| !s.trim().is_empty());
+        }
+        if self.config_url.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            self.config_url = None;
+        }
+        if self.secret.as_deref().is_some_and(|s| s.is_empty()) {
+            self.secret = None;
+        }
+        self
+    }
+
+    pub fn config_timeout(&self) -> Duration {
+        Duration::from_millis(self.config_timeout_ms)
+    }
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+    pub fn inbound_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.inbound_idle_timeout_ms)
+    }
+    pub fn results_dir(&self) -> PathBuf {
+        self.data_dir.join("results")
+    }
+
+    /// Settings for tests: loopback, tiny timeouts, a temp data dir.
+    pub fn for_tests(data_dir: PathBuf) -> Self {
+        let mut s = Settings::parse_from(["cxb-core"]);
+        s.listen_addr = "127.0.0.1:0".parse().expect("static addr");
+        s.data_dir = data_dir;
+        s
+    }
+}
