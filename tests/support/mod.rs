@@ -1,1 +1,355 @@
+//! End-to-end test support: start the real `cxb-core` binary and the `cxb-sim` doubles on
+//! 127.0.0.1, talk to them over real sockets, and stop them when the test ends.
+//!
+//! The binaries are built by `cargo build --workspace --bins` (the README's test command does
+//! it first); they are found next to the test executable's target directory.
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+pub const SECRET: &str = "e2e-secret";
+
+/// The workspace root (assets/ paths are relative to it).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// Path of a workspace binary in the same target profile as this test.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let p = profile_dir.join(name);
+    assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` first", p.display());
+    p
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn spawn(bin_name: &str, args: &[&str], envs: &[(&str, String)], log: PathBuf) -> Proc {
+    let out = std::fs::File::create(&log).expect("log file");
+    let err = out.try_clone().expect("dup");
+    let mut cmd = Command::new(bin(bin_name));
+    cmd.args(args).current_dir(repo_root()).stdout(Stdio::from(out)).stderr(Stdio::from(err)).env("RUST_LOG", "info");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    Proc { child: cmd.spawn().expect("spawn"), log }
+}
+
+/// The provider doubles and fake CXB API.
+pub struct Sim {
+    pub proc: Proc,
+    pub addr: String,
+    pub dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl Sim {
+    pub async fn start(extra: &[&str]) -> Sim {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr_file = dir.path().join("addr");
+        let addr_arg = addr_file.to_string_lossy().to_string();
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--addr-file", addr_arg.as_str(), "--secret", SECRET];
+        args.extend_from_slice(extra);
+        let proc = spawn("cxb-sim", &args, &[], dir.path().join("sim.log"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = loop {
+            if let Ok(a) = std::fs::read_to_string(&addr_file) {
+                if !a.trim().is_empty() {
+                    break a.trim().to_string();
+                }
+            }
+            assert!(Instant::now() < deadline, "cxb-sim did not start: {}", proc.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        Sim { proc, addr, dir, http: reqwest::Client::new() }
+    }
+
+    pub fn config_url(&self) -> String {
+        format!("http://{}/api/v1/config", self.addr)
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        self.http
+            .get(format!("http://{}{path}", self.addr))
+            .send()
+            .await
+            .expect("sim reachable")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    pub async fn control(&self, body: Value) {
+        let r = self
+            .http
+            .post(format!("http://{}/sim/control", self.addr))
+            .json(&body)
+            .send()
+            .await
+            .expect("sim reachable");
+        assert!(r.status().is_success());
+    }
+
+    pub async fn results(&self) -> Vec<Value> {
+        self.get("/sim/results").await.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Wait until at least `n` results have arrived.
+    pub async fn wait_results(&self, n: usize, timeout: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.results().await;
+            if r.len() >= n || Instant::now() > deadline {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The worker under test.
+pub struct Worker {
+    pub proc: Proc,
+    pub addr: String,
+    pub data: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl Worker {
+    /// Start `cxb-core` pointed at `sim`'s config endpoint (or the embedded default when
+    /// `sim` is None), with extra env settings.
+    pub async fn start(sim: Option<&Sim>, envs: &[(&str, &str)]) -> Worker {
+        let data = tempfile::tempdir().expect("tempdir");
+        Self::start_in(sim, envs, data).await
+    }
+
+    pub async fn start_in(sim: Option<&Sim>, envs: &[(&str, &str)], data: tempfile::TempDir) -> Worker {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut env: Vec<(&str, String)> = vec![
+            ("LISTEN_ADDR", addr.clone()),
+            ("CXBCORE_DATA_DIR", data.path().to_string_lossy().to_string()),
+            ("CXBCORE_SECRET", SECRET.to_string()),
+            ("CXBCORE_DRAIN_SECS", "2".to_string()),
+        ];
+        if let Some(sim) = sim {
+            env.push(("CXB_API_CONFIG_URL", sim.config_url()));
+        }
+        for (k, v) in envs {
+            env.push((k, v.to_string()));
+        }
+        let log = data.path().join("worker.log");
+        let proc = spawn("cxb-core", &[], &env, log);
+        let w = Worker { proc, addr, data, http: reqwest::Client::new() };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if w.http.get(format!("http://{}/health", w.addr)).send().await.is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "cxb-core did not start: {}", w.proc.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        w
+    }
+
+    pub fn ws_url(&self, bot: &str) -> String {
+        format!("ws://{}/ws/{bot}", self.addr)
+    }
+
+    pub async fn health(&self) -> Value {
+        self.http.get(format!("http://{}/health", self.addr)).send().await.expect("health").json().await.expect("json")
+    }
+
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let r = self.http.get(format!("http://{}{path}", self.addr)).send().await.expect("reachable");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    }
+
+    /// Wait until the worker holds no call slot.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.health().await["worker_calls"] == 0 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    pub fn log_text(&self) -> String {
+        self.proc.log_text()
+    }
+}
+
+/// Run `cxb-sim dial` against the worker and return its JSON summary.
+pub async fn dial(worker: &Worker, sim: &Sim, bot: &str, scenario: &str, calls: usize) -> Value {
+    let out = sim.dir.path().join(format!("dial-{}.json", free_port()));
+    let status = tokio::process::Command::new(bin("cxb-sim"))
+        .current_dir(repo_root())
+        .args([
+            "dial",
+            "--url",
+            &worker.ws_url(bot),
+            "--calls",
+            &calls.to_string(),
+            "--concurrency",
+            &calls.to_string(),
+            "--scenario",
+            scenario,
+            "--sim-url",
+            &format!("http://{}", sim.addr),
+            "--out",
+            &out.to_string_lossy(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .expect("dial runs");
+    assert!(status.success() || out.exists(), "dial failed to run");
+    serde_json::from_slice(&std::fs::read(&out).expect("summary written")).expect("summary json")
+}
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A hand-driven dialler connection for protocol tests.
+pub struct RawCall {
+    pub ws: Ws,
+}
+
+/// How a raw call's socket ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Closed {
+    pub code: Option<u16>,
+    pub reason: String,
+    /// Bot frames seen before the close, by `event`.
+    pub events: Vec<String>,
+}
+
+impl RawCall {
+    pub async fn connect(url: &str) -> Result<RawCall, tokio_tungstenite::tungstenite::Error> {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        Ok(RawCall { ws })
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws.send(Message::Text(v.to_string().into())).await.expect("send");
+    }
+
+    pub async fn send_raw(&mut self, m: Message) -> bool {
+        self.ws.send(m).await.is_ok()
+    }
+
+    pub async fn handshake(&mut self, stream_id: &str) {
+        self.send(json!({"event":"connected","callerId":"+919800000001","did":"+911140000000","callDirection":"incoming","streamId":stream_id})).await;
+        self.send(json!({"event":"start","streamId":stream_id,"mediaFormat":{"encoding":"LINEAR","sampleRate":8000,"channels":1}})).await;
+        self.send(json!({"event":"answer"})).await;
+    }
+
+    /// Send `ms` of silence as 20 ms media frames, in real time.
+    pub async fn silence(&mut self, ms: u64) {
+        let frame = json!({"event":"media","payload": base64_zeros(320)}).to_string();
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for _ in 0..ms / 20 {
+            tick.tick().await;
+            if self.ws.send(Message::Text(frame.clone().into())).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Read bot frames until `event` arrives (returns it) or the socket closes / times out.
+    pub async fn wait_event(&mut self, event: &str, timeout: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    let v: Value = serde_json::from_str(&t).ok()?;
+                    if v["event"] == event {
+                        return Some(v);
+                    }
+                }
+                Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => return None,
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
+    /// Read until the socket closes; report the close frame and the events seen.
+    pub async fn until_closed(&mut self, timeout: Duration) -> Closed {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut events = vec![];
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    if let Ok(v) = serde_json::from_str::<Value>(&t) {
+                        if let Some(e) = v["event"].as_str() {
+                            if events.last().map(String::as_str) != Some(e) || e != "reverse-media" {
+                                events.push(e.to_string());
+                            }
+                        }
+                    }
+                }
+                Ok(Some(Ok(Message::Close(f)))) => {
+                    return Closed {
+                        code: f.as_ref().map(|f| u16::from(f.code)),
+                        reason: f.map(|f| f.reason.to_string()).unwrap_or_default(),
+                        events,
+                    };
+                }
+                Ok(None) | Ok(Some(Err(_))) => return Closed { code: None, reason: String::new(), events },
+                Ok(Some(Ok(_))) => {}
+                Err(_) => panic!("socket not closed within {timeout:?}; events so far: {events:?}"),
+            }
+        }
+    }
+}
+
+pub fn base64_zeros(bytes: usize) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(vec![0u8; bytes])
+}
+
+/// Assert that a JSON document has no `null` anywhere.
+pub fn assert_no_nulls(v: &Value, path: &str) {
+    match v {
+        Value::Null => panic!("null at {path}"),
+        Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| assert_no_nulls(x, &format!("{path}[{i}]"))),
+        Value::Object(o) => o.iter().for_each(|(k, x)| assert_no_nulls(x, &format!("{path}.{k}"))),
+        _ => {}
+    }
+}

@@ -119,7 +119,7 @@ pub async fn handler(
     };
     state.counters.stt_connections.fetch_add(1, Ordering::Relaxed);
     let rid = request_id.clone();
-    let mut resp = ws.on_upgrade(move |socket| async move {
+    let mut resp = ws.read_buffer_size(crate::WS_READ_BUFFER).on_upgrade(move |socket| async move {
         let mut conn = Conn::new(state, params, rid);
         conn.run(socket).await;
     });

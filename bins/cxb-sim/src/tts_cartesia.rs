@@ -51,7 +51,7 @@ pub async fn handler(
         Err(rej) => return rej.into_response(),
     };
     state.counters.cartesia_connections.fetch_add(1, Ordering::Relaxed);
-    ws.on_upgrade(move |socket| run(socket, state))
+    ws.read_buffer_size(crate::WS_READ_BUFFER).on_upgrade(move |socket| run(socket, state))
 }
 
 /// One validated generation request.

@@ -62,7 +62,8 @@ pub async fn handler(
         Err(rej) => return rej.into_response(),
     };
     state.counters.elevenlabs_connections.fetch_add(1, Ordering::Relaxed);
-    ws.on_upgrade(move |socket| run(socket, state, voice_id, rate, Duration::from_secs(inactivity)))
+    ws.read_buffer_size(crate::WS_READ_BUFFER)
+        .on_upgrade(move |socket| run(socket, state, voice_id, rate, Duration::from_secs(inactivity)))
 }
 
 /// The audio message for one text piece: (JSON, audio ms).

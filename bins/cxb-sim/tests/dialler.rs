@@ -119,7 +119,7 @@ async fn ws_route(AxPath(bot): AxPath<String>, ws: WebSocketUpgrade) -> Response
     if bot == "full" {
         return (StatusCode::TOO_MANY_REQUESTS, "at capacity").into_response();
     }
-    ws.on_upgrade(worker)
+    ws.read_buffer_size(cxb_sim::WS_READ_BUFFER).on_upgrade(worker)
 }
 
 async fn start_worker() -> SocketAddr {
@@ -230,7 +230,7 @@ async fn dialler_many_concurrent_calls() {
     let sc = dir.path().join("sc.json");
     std::fs::write(
         &sc,
-        json!({"steps":[{"wait":"bot_done","timeout_ms":20000},{"say":wav},{"silence_ms":500},{"wait":"bot_hangup","timeout_ms":20000}]}).to_string(),
+        json!({"steps":[{"wait":"bot_done","timeout_ms":20000},{"say":wav},{"silence_ms":100},{"wait":"bot_hangup","timeout_ms":20000}]}).to_string(),
     )
     .unwrap();
     let mut o = opts(format!("ws://{addr}/ws/demo"), &sc, calls);

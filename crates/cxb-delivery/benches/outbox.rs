@@ -65,7 +65,11 @@ fn bench_drain(c: &mut Criterion) {
                 }
                 let stop = CancellationToken::new();
                 let t0 = Instant::now();
-                let h = ob.start(stop.clone());
+                let h = {
+                    // start() spawns onto the current runtime.
+                    let _rt = rt.enter();
+                    ob.start(stop.clone())
+                };
                 rt.block_on(async {
                     while ob.stats().pending > 0 {
                         tokio::time::sleep(Duration::from_millis(1)).await;

@@ -229,6 +229,15 @@ async fn max_age_dead_letters() {
     assert!(d.summary.attempts >= 2);
     assert!(d.summary.last_error.unwrap().contains("HTTP 503"));
     assert_eq!(d.last_status, Some(503));
+
+    // A replay gets a fresh max_age window, not one attempt.
+    let before = srv.hit_count();
+    let t = Instant::now();
+    ob.replay(id.as_str()).await.unwrap();
+    assert!(wait_for(Duration::from_secs(1), || ob.stats().dead == 0).await);
+    assert!(wait_for(Duration::from_secs(5), || ob.stats().dead == 1).await);
+    assert!(t.elapsed() >= Duration::from_millis(350), "{:?}", t.elapsed());
+    assert!(srv.hit_count() - before >= 2);
     stop.cancel();
 }
 

@@ -286,6 +286,9 @@ pub(crate) struct Meta {
     pub last_attempt_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Set by `replay`: `max_age` counts from here instead of `created_at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replayed_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

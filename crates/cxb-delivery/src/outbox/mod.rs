@@ -200,6 +200,9 @@ struct PendingRec {
     last_error: Option<String>,
     last_status: Option<u16>,
     last_attempt_at: Option<DateTime<Utc>>,
+    /// Last replay from dead letters; restarts the `max_age` clock so a
+    /// replayed entry gets a full retry window.
+    replayed_at: Option<DateTime<Utc>>,
     /// Scheduled attempt; None while in flight.
     due: Option<(Instant, DateTime<Utc>)>,
     /// Dispatch token while in flight (guards against stale completions).
@@ -380,6 +383,7 @@ impl Outbox {
                     last_error: meta.last_error,
                     last_status: meta.last_status,
                     last_attempt_at: meta.last_attempt_at,
+                    replayed_at: meta.replayed_at,
                     due: None,
                     flight: None,
                     discard: false,
@@ -466,6 +470,8 @@ impl Outbox {
     /// gives in-flight attempts up to `request_timeout` to finish (anything
     /// unfinished is simply delivered again after restart). Only one loop runs
     /// per outbox; a second call returns a handle that ends immediately.
+    /// Spawns onto the current Tokio runtime (panics outside one, like
+    /// `tokio::spawn`).
     pub fn start(&self, shutdown: CancellationToken) -> JoinHandle<()> {
         let inner = self.inner.clone();
         tokio::spawn(async move {
@@ -527,13 +533,24 @@ impl Outbox {
         let id = EntryId::parse(id).ok_or_else(|| OutboxError::NotFound(id.to_owned()))?;
         let rec = self.inner.lock().dead.remove(&id).ok_or_else(|| OutboxError::NotFound(id.to_string()))?;
         let (dirs, mid) = (self.inner.dirs.clone(), id.clone());
-        if let Err(e) = blocking(move || store::move_to_pending(&dirs, &mid)).await {
-            self.inner.lock().dead.insert(id, rec);
-            return Err(e);
-        }
+        let replayed_at = Utc::now();
+        let moved = blocking(move || {
+            store::move_to_pending(&dirs, &mid)?;
+            // Advisory: if lost, max_age counts from created_at again.
+            let meta = Meta { replayed_at: Some(replayed_at), ..Meta::default() };
+            Ok(store::write_meta(&dirs, State::Pending, &mid, &meta, false).unwrap_or(0))
+        })
+        .await;
+        let meta_size = match moved {
+            Ok(m) => m,
+            Err(e) => {
+                self.inner.lock().dead.insert(id, rec);
+                return Err(e);
+            }
+        };
         info!(%id, kind = %rec.kind, key = %rec.key, "outbox dead letter replayed");
         let mut st = self.inner.lock();
-        st.bytes = st.bytes.saturating_sub(rec.meta_size);
+        st.bytes = st.bytes.saturating_sub(rec.meta_size) + meta_size;
         st.pending.insert(
             id.clone(),
             PendingRec {
@@ -541,11 +558,12 @@ impl Outbox {
                 key: rec.key,
                 created_at: rec.created_at,
                 size: rec.size,
-                meta_size: 0,
+                meta_size,
                 attempts: 0,
                 last_error: None,
                 last_status: None,
                 last_attempt_at: None,
+                replayed_at: Some(replayed_at),
                 due: None,
                 flight: None,
                 discard: false,
@@ -782,6 +800,7 @@ impl Inner {
                 last_error: None,
                 last_status: None,
                 last_attempt_at: None,
+                replayed_at: None,
                 due: None,
                 flight: None,
                 discard: false,
@@ -953,7 +972,7 @@ impl Inner {
     async fn finish(self: &Arc<Self>, id: &EntryId, flight: u64, step: Step) {
         let now = Utc::now();
         // Snapshot what we need; bail out if the entry was discarded meanwhile.
-        let (kind, key, created_at, attempts) = {
+        let (kind, key, age_from, replayed_at, attempts) = {
             let mut st = self.lock();
             let Some(rec) = st.pending.get(id) else {
                 return;
@@ -961,7 +980,8 @@ impl Inner {
             if rec.flight != Some(flight) {
                 return;
             }
-            let snapshot = (rec.kind.clone(), rec.key.clone(), rec.created_at, rec.attempts + 1);
+            let age_from = rec.replayed_at.unwrap_or(rec.created_at);
+            let snapshot = (rec.kind.clone(), rec.key.clone(), age_from, rec.replayed_at, rec.attempts + 1);
             if self.drop_if_discarded(&mut st, id) {
                 return;
             }
@@ -970,7 +990,7 @@ impl Inner {
         let step = match step {
             Step::Retry { label, reason, retry_after, status } => {
                 counter!("cxb_outbox_failures_total", "kind" => kind.clone(), "reason" => label).increment(1);
-                let age = (now - created_at).to_std().unwrap_or_default();
+                let age = (now - age_from).to_std().unwrap_or_default();
                 if age >= self.cfg.max_age {
                     Step::Dead {
                         reason: "max_age",
@@ -1013,6 +1033,7 @@ impl Inner {
                     last_status: status,
                     last_attempt_at: Some(now),
                     next_attempt_at: Some(next_wall),
+                    replayed_at,
                     ..Meta::default()
                 };
                 let (dirs, fid) = (self.dirs.clone(), id.clone());
@@ -1045,6 +1066,7 @@ impl Inner {
                     last_status: status,
                     last_attempt_at: Some(now),
                     next_attempt_at: None,
+                    replayed_at,
                     dead_reason: Some(reason.into()),
                     dead_at: Some(now),
                     last_response_body: body.clone(),
@@ -1059,6 +1081,16 @@ impl Inner {
                             "OUTBOX DEAD LETTER: entry will not be retried until replayed"
                         );
                         let mut st = self.lock();
+                        if st.pending.get(id).is_some_and(|r| r.discard) {
+                            // Discarded while we were moving it: finish the discard.
+                            st.remove_pending(id);
+                            self.publish(&mut st);
+                            drop(st);
+                            let (dirs, fid) = (self.dirs.clone(), id.clone());
+                            tokio::task::spawn_blocking(move || store::delete_entry(&dirs, State::Dead, &fid, true));
+                            self.changed.notify_waiters();
+                            return;
+                        }
                         if let Some(rec) = st.remove_pending(id) {
                             st.bytes += rec.size + meta_size;
                             st.dead.insert(

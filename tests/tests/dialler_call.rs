@@ -1,0 +1,86 @@
+//! Complete calls over the dialler WebSocket against the real binary and the provider doubles.
+
+use std::time::Duration;
+
+use cxb_e2e::*;
+use serde_json::Value;
+
+fn by_speaker<'a>(result: &'a Value, speaker: &str) -> Vec<&'a Value> {
+    result["transcript"].as_array().unwrap().iter().filter(|l| l["speaker"] == speaker).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_turn_call_with_barge_in_and_end_call() {
+    let sim = Sim::start(&[]).await;
+    let worker = Worker::start(Some(&sim), &[]).await;
+    let summary = dial(&worker, &sim, "demo", "assets/sim/scenario.json", 1).await;
+    assert_eq!(summary["completed"], 1, "{summary:#}\n{}", worker.log_text());
+    assert_eq!(summary["failed"], 0);
+    assert_eq!(summary["protocol_violations"], 0, "{summary:#}");
+    assert_eq!(summary["bot_hangups"], 1);
+    assert_eq!(summary["media_stops"], 1, "one reverse-media-stop for the barge-in: {summary:#}");
+    assert!(summary["media_stops_total"].as_u64().unwrap() >= 2, "barge-in stop and hang-up stop: {summary:#}");
+
+    let results = sim.wait_results(1, Duration::from_secs(10)).await;
+    assert_eq!(results.len(), 1, "exactly one result: {results:#?}");
+    let r = &results[0];
+    assert_no_nulls(r, "$");
+    assert_eq!(r["disconnected_by"], "bot");
+    assert_eq!(r["transport"], "websocket");
+    assert_eq!(r["bot_id"], "demo");
+    assert!(r["call_duration_seconds"].as_f64().unwrap() > 5.0);
+    assert_eq!(r["connected_event"]["customer_name"], "Test Caller");
+    let customer = by_speaker(r, "customer");
+    assert_eq!(customer.len(), 3, "{:#}", r["transcript"]);
+    assert_eq!(customer[0]["text"], "I want to check my order status");
+    let bot = by_speaker(r, "bot");
+    assert_eq!(bot[0]["text"], "Hello! This is the CXB demo line. How can I help you today?");
+    // The long order-status answer was cut by the barge-in: only the heard prefix is kept.
+    let cut = bot.iter().find(|l| l["interrupted"] == true).expect("an interrupted bot line");
+    let full = "Sure. Your order shipped yesterday and should arrive tomorrow before noon. I can also send you the tracking link by text message if you like. Is there anything else I can help you with today?";
+    let cut_text = cut["text"].as_str().unwrap();
+    assert!(!cut_text.is_empty() && cut_text.len() < full.len() && full.starts_with(cut_text), "{cut_text}");
+    assert_eq!(bot.last().unwrap()["text"], "Thank you for calling. Goodbye!");
+    let kinds: Vec<&str> = r["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"interruption") && kinds.contains(&"tool_call"), "{kinds:?}");
+    assert_eq!(r["latency_samples"].as_array().unwrap().len(), 3);
+    assert!(r["latency"]["total_avg_response_ms"].as_f64().unwrap() > 0.0);
+    assert!(worker.wait_idle(Duration::from_secs(5)).await, "slot released after a normal end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customer_hangup_is_recorded_as_customer() {
+    let sim = Sim::start(&[]).await;
+    let worker = Worker::start(Some(&sim), &[]).await;
+    let summary = dial(&worker, &sim, "demo", "assets/sim/scenario-hangup.json", 1).await;
+    assert_eq!(summary["completed"], 1, "{summary:#}");
+    let results = sim.wait_results(1, Duration::from_secs(10)).await;
+    assert_eq!(results[0]["disconnected_by"], "customer");
+    assert!(worker.wait_idle(Duration::from_secs(5)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_fetch_sends_the_documented_query_and_both_secret_headers() {
+    let sim = Sim::start(&[]).await;
+    let worker = Worker::start(Some(&sim), &[]).await;
+    let mut call = RawCall::connect(&worker.ws_url("demo")).await.unwrap();
+    call.send(serde_json::json!({"event":"connected","callerId":"+9198","did":"+9111","callDirection":"outgoing","streamId":"st-q","crm_id":"C42"})).await;
+    call.send(serde_json::json!({"event":"start","streamId":"st-q","mediaFormat":{"encoding":"LINEAR","sampleRate":8000,"channels":1}})).await;
+    call.send(serde_json::json!({"event":"answer"})).await;
+    call.silence(600).await;
+    call.send(serde_json::json!({"event":"hangup-call","disconnectedBy":"customer"})).await;
+    let reqs = sim.get("/sim/config-requests").await;
+    let req = &reqs.as_array().unwrap()[0];
+    let text = req.to_string();
+    assert!(text.contains("st-q") && text.contains("+9198") && text.contains("C42"), "{req:#}");
+    assert!(text.contains("X-CXBCore-Secret") || text.contains("x-cxbcore-secret"), "{req:#}");
+    assert!(text.contains("X-CXB-Core-Secret") || text.contains("x-cxb-core-secret"), "{req:#}");
+    let results = sim.wait_results(1, Duration::from_secs(10)).await;
+    let r = &results[0];
+    assert_eq!(r["disconnected_by"], "customer");
+    assert_eq!(r["stream_id"], "st-q");
+    assert_eq!(r["caller_id"], "+9198");
+    assert_eq!(r["from_number"], "+9111");
+    assert_eq!(r["call_direction"], "outgoing");
+    assert_eq!(r["connected_event"]["crm_id"], "C42");
+}
