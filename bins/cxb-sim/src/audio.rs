@@ -1,7 +1,9 @@
 //! Audio helpers: the energy utterance detector used by the STT double and the dialler, the
 //! synthetic "speech" generator used by the TTS doubles, and WAV loading.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// RMS (i16 scale) above which a 20 ms window counts as speech.
 pub const SPEECH_RMS: f64 = 400.0;
@@ -169,15 +171,36 @@ impl SpeechSynth {
         Self { sample_rate: sample_rate.max(1), n: 0 }
     }
 
+    /// The waveform repeats every second (220 Hz and 4 Hz both divide 1 s), so one second is
+    /// computed once per sample rate and then copied.
+    fn table(sample_rate: u32) -> Arc<[i16]> {
+        static TABLES: OnceLock<Mutex<HashMap<u32, Arc<[i16]>>>> = OnceLock::new();
+        let mut map = TABLES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(sample_rate)
+            .or_insert_with(|| {
+                let sr = f64::from(sample_rate);
+                (0..sample_rate)
+                    .map(|i| {
+                        let t = f64::from(i) / sr;
+                        let env = 0.25 + 0.75 * (std::f64::consts::PI * 4.0 * t).sin().abs();
+                        (SYNTH_PEAK * env * (2.0 * std::f64::consts::PI * 220.0 * t).sin()).round() as i16
+                    })
+                    .collect()
+            })
+            .clone()
+    }
+
     pub fn render(&mut self, samples: usize, out: &mut Vec<i16>) {
-        let sr = f64::from(self.sample_rate);
+        let table = Self::table(self.sample_rate);
+        let len = table.len() as u64;
         out.reserve(samples);
-        for _ in 0..samples {
-            let t = self.n as f64 / sr;
-            let env = 0.25 + 0.75 * (std::f64::consts::PI * 4.0 * t).sin().abs();
-            let v = SYNTH_PEAK * env * (2.0 * std::f64::consts::PI * 220.0 * t).sin();
-            out.push(v.round() as i16);
-            self.n += 1;
+        let mut left = samples;
+        while left > 0 {
+            let pos = (self.n % len) as usize;
+            let take = left.min(table.len() - pos);
+            out.extend_from_slice(&table[pos..pos + take]);
+            self.n += take as u64;
+            left -= take;
         }
     }
 }

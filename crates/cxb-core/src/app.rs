@@ -69,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health/fleet", get(fleet_health))
         .route("/metrics", get(metrics_route))
         .route("/ws/{bot_id}", get(ws_route))
+        .route("/recordings/{*key}", get(crate::recordings::serve_recording))
         .with_state(state)
 }
 

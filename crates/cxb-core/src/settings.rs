@@ -95,6 +95,12 @@ pub struct Settings {
     /// Seconds to let live calls finish after SIGTERM before exiting.
     #[arg(long, env = "CXBCORE_DRAIN_SECS", default_value_t = 30)]
     pub drain_secs: u64,
+
+    #[command(flatten)]
+    pub storage: crate::recordings::StorageSettings,
+
+    #[command(flatten)]
+    pub postcall: crate::postcall::PostCallSettings,
 }
 
 impl Settings {
