@@ -1,6 +1,7 @@
-//! cxb-core binary: settings from env/flags → run the worker.
+//! cxb-core binary: settings from env/flags → run the worker, or an operator subcommand.
 
 use clap::Parser;
+use cxb_core::settings::{Command, OutboxOp};
 use cxb_core::Settings;
 
 #[tokio::main]
@@ -10,8 +11,38 @@ async fn main() -> anyhow::Result<()> {
     if settings.log_format == "json" {
         tracing_subscriber::fmt().with_env_filter(filter).json().init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     }
-    cxb_core::run(settings).await?;
+    match settings.command.clone() {
+        Some(Command::Outbox { url, op }) => outbox_command(&url, settings.secret.as_deref(), op).await,
+        None => {
+            cxb_core::run(settings).await?;
+            Ok(())
+        }
+    }
+}
+
+/// `cxb-core outbox ...`: talk to a running worker's admin API and print JSON.
+async fn outbox_command(url: &str, secret: Option<&str>, op: OutboxOp) -> anyhow::Result<()> {
+    let base = format!("{}/admin/outbox", url.trim_end_matches('/'));
+    let http = reqwest::Client::new();
+    let req = match op {
+        OutboxOp::List { state } => http.get(format!("{base}?state={state}")),
+        OutboxOp::Show { id } => http.get(format!("{base}/{id}")),
+        OutboxOp::Replay { id } => http.post(format!("{base}/{id}/replay")),
+        OutboxOp::Discard { id } => http.post(format!("{base}/{id}/discard")),
+        OutboxOp::Stats => http.get(format!("{base}/stats")),
+    };
+    let req = match secret {
+        Some(s) => req.header("X-CXBCore-Secret", s).header("X-CXB-Core-Secret", s),
+        None => req,
+    };
+    let resp = req.send().await?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    if !status.is_success() {
+        anyhow::bail!("worker answered HTTP {status}");
+    }
     Ok(())
 }

@@ -34,7 +34,8 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(settings: Settings, metrics: PrometheusHandle) -> Self {
+    /// Build the shared state; opens (and replays) the durable outbox.
+    pub async fn new(settings: Settings, metrics: PrometheusHandle) -> Result<Self, cxb_delivery::OutboxError> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(60))
@@ -49,9 +50,10 @@ impl AppState {
             },
             None => ConfigSource::Local { dir: settings.bots_dir.clone() },
         };
-        let delivery = ResultDelivery::new(http.clone(), settings.secret.clone(), settings.results_dir());
+        let outbox = cxb_delivery::Outbox::open(settings.outbox_config()).await?;
+        let delivery = ResultDelivery::new(outbox, settings.secret.clone(), settings.results_dir());
         metrics::gauge!("cxb_call_slots").set(settings.max_concurrent_calls as f64);
-        Self {
+        Ok(Self {
             tracker: CallTracker::new(settings.max_concurrent_calls),
             settings: Arc::new(settings),
             config,
@@ -59,7 +61,7 @@ impl AppState {
             delivery,
             http,
             metrics,
-        }
+        })
     }
 }
 
@@ -70,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics_route))
         .route("/ws/{bot_id}", get(ws_route))
         .route("/recordings/{*key}", get(crate::recordings::serve_recording))
+        .merge(crate::admin::routes())
         .with_state(state)
 }
 

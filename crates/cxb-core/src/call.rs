@@ -338,7 +338,7 @@ async fn run_conversation<T: Transport>(
         protocol_errors = d.protocol_errors,
         "call ended"
     );
-    app.delivery.deliver(payload, d.cfg.webhook_url.clone()).await;
+    let _ = app.delivery.deliver(payload, d.cfg.webhook_url.clone()).await;
     d.ws.close(1000, "call ended").await;
 }
 

@@ -1,82 +1,115 @@
-//! Handing a finished call's result to CXB API (or the local results directory).
+//! Handing a finished call's result to the durable outbox (contract §13.6).
 //!
-//! This is the plain retrying POST of the foundation; the durable outbox replaces the HTTP
-//! path. A result that cannot be delivered is written to `results/undelivered/` — never lost.
+//! A result with a `webhook_url` is persisted (fsync'd) in the outbox before this returns —
+//! the call counts as finished only then — and delivered by the outbox workers with retries.
+//! Without a webhook (embedded default) it is written to the local results directory. If the
+//! outbox refuses it (disk budget reached, I/O error), it is written to
+//! `results/undelivered/` with a loud error: a result is never dropped.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::Instant;
 
+use cxb_delivery::{HttpTarget, NewEntry, Outbox, OutboxError};
 use cxb_wire::CallResultsPayload;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::auth;
 use crate::results::write_atomic;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ResultDelivery {
-    http: reqwest::Client,
+    outbox: Outbox,
     secret: Option<String>,
     results_dir: PathBuf,
 }
 
+/// Where a result ended up.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivered {
+    /// Persisted in the outbox under this entry id.
+    Outbox(String),
+    /// Written to a local file (embedded default, or the outbox refused it).
+    Local(PathBuf),
+    /// Could not be persisted anywhere (logged at error level).
+    Lost,
+}
+
 impl ResultDelivery {
-    pub fn new(http: reqwest::Client, secret: Option<String>, results_dir: PathBuf) -> Self {
-        Self { http, secret, results_dir }
+    pub fn new(outbox: Outbox, secret: Option<String>, results_dir: PathBuf) -> Self {
+        Self { outbox, secret, results_dir }
     }
 
-    /// Deliver in the background; returns once the delivery is under way (or written locally).
-    pub async fn deliver(&self, payload: CallResultsPayload, webhook_url: Option<String>) {
-        let body = match serde_json::to_vec(&payload) {
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// Persist the result; returns once it is durable.
+    pub async fn deliver(&self, payload: CallResultsPayload, webhook_url: Option<String>) -> Delivered {
+        let session = payload.session_id.clone();
+        let name = format!("{}.json", sanitize(&session));
+        let Some(url) = webhook_url.filter(|u| !u.trim().is_empty()) else {
+            return self
+                .write_local(
+                    &self.results_dir.clone(),
+                    &name,
+                    &payload,
+                    "result written to the local results directory",
+                )
+                .await;
+        };
+        let started = Instant::now();
+        let entry = HttpTarget::post_json(url.clone(), &payload).map(|t| {
+            let t = t.header("content-type", "application/json");
+            auth::secret_headers(self.secret.as_deref()).into_iter().fold(t, |t, (k, v)| t.header(k, v))
+        });
+        let result = match entry {
+            Ok(target) => self.outbox.enqueue(NewEntry::http("result", session.clone(), target)).await,
+            Err(e) => Err(OutboxError::Serialize(e)),
+        };
+        match result {
+            Ok(id) => {
+                metrics::histogram!("cxb_result_persist_seconds").record(started.elapsed().as_secs_f64());
+                info!(entry = %id, %url, persisted_ms = started.elapsed().as_millis() as u64, "result persisted");
+                Delivered::Outbox(id.to_string())
+            }
+            Err(e) => {
+                error!(error = %e, %url, "outbox refused the result; keeping it in results/undelivered");
+                metrics::counter!("cxb_results_undelivered_total").increment(1);
+                let dir = self.results_dir.join("undelivered");
+                self.write_local(&dir, &name, &payload, "result kept locally for manual replay").await
+            }
+        }
+    }
+
+    async fn write_local(
+        &self,
+        dir: &std::path::Path,
+        name: &str,
+        payload: &CallResultsPayload,
+        msg: &'static str,
+    ) -> Delivered {
+        let body = match serde_json::to_vec_pretty(payload) {
             Ok(b) => b,
             Err(e) => {
-                error!(error = %e, session_id = %payload.session_id, "result does not serialise");
-                return;
+                error!(error = %e, "result does not serialise");
+                return Delivered::Lost;
             }
         };
-        let name = format!("{}.json", sanitize(&payload.session_id));
-        let Some(url) = webhook_url.filter(|u| !u.trim().is_empty()) else {
-            match write_atomic(&self.results_dir, &name, &body) {
-                Ok(path) => info!(path = %path.display(), "result written to the local results directory"),
-                Err(e) => error!(error = %e, dir = %self.results_dir.display(), "could not write the result locally"),
+        let (dir, name) = (dir.to_path_buf(), name.to_string());
+        match tokio::task::spawn_blocking(move || write_atomic(&dir, &name, &body)).await {
+            Ok(Ok(path)) => {
+                info!(path = %path.display(), "{msg}");
+                Delivered::Local(path)
             }
-            return;
-        };
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut delay = Duration::from_millis(500);
-            for attempt in 1..=6 {
-                let req = this
-                    .http
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .timeout(Duration::from_secs(10));
-                match auth::with_secret(req, this.secret.as_deref()).send().await {
-                    Ok(r) if r.status().is_success() => {
-                        info!(%url, attempt, "result delivered");
-                        metrics::counter!("cxb_results_delivered_total").increment(1);
-                        return;
-                    }
-                    Ok(r)
-                        if r.status().is_client_error() && r.status().as_u16() != 408 && r.status().as_u16() != 429 =>
-                    {
-                        let status = r.status().as_u16();
-                        let text = r.text().await.unwrap_or_default();
-                        error!(%url, status, body = %text.chars().take(500).collect::<String>(), "results endpoint rejected the payload");
-                        break;
-                    }
-                    Ok(r) => warn!(%url, attempt, status = r.status().as_u16(), "result delivery failed; retrying"),
-                    Err(e) => warn!(%url, attempt, error = %e, "result delivery failed; retrying"),
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(8));
+            Ok(Err(e)) => {
+                error!(error = %e, "could not write the result locally");
+                Delivered::Lost
             }
-            let dir = this.results_dir.join("undelivered");
-            match write_atomic(&dir, &name, &body) {
-                Ok(path) => error!(path = %path.display(), "result could not be delivered; kept locally"),
-                Err(e) => error!(error = %e, "result could not be delivered nor kept locally"),
+            Err(e) => {
+                error!(error = %e, "result writer task failed");
+                Delivered::Lost
             }
-        });
+        }
     }
 }
 

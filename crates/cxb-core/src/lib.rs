@@ -1,6 +1,7 @@
 //! The cxb-core worker: routes (axum), CallTracker, the per-call driver, config fetch, result
 //! delivery, settings and metrics. `run` is what the binary calls.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod call;
@@ -44,10 +45,14 @@ pub async fn serve(
             settings.results_dir().display()
         ),
     };
-    let state = app::AppState::new(settings, handle);
+    let state = app::AppState::new(settings, handle).await?;
     let tracker = state.tracker.clone();
+    let outbox = state.delivery.outbox().clone();
+    let outbox_stop = tokio_util::sync::CancellationToken::new();
+    let outbox_task = outbox.start(outbox_stop.clone());
     let addr = listener.local_addr()?;
-    info!(%addr, max_calls = tracker.max(), %mode, "cxb-core listening");
+    let stats = outbox.stats();
+    info!(%addr, max_calls = tracker.max(), %mode, outbox_pending = stats.pending, outbox_dead = stats.dead, "cxb-core listening");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let drain_tracker = tracker.clone();
     tokio::spawn(async move {
@@ -59,11 +64,16 @@ pub async fn serve(
         }
         let _ = stop_tx.send(());
     });
-    axum::serve(listener, app::router(state))
+    let app = app::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stop_rx.await;
         })
         .await?;
+    // Give in-flight deliveries a moment; anything still pending stays on disk for the next start.
+    let _ = outbox.wait_idle(Duration::from_secs(2)).await;
+    outbox_stop.cancel();
+    let _ = outbox_task.await;
     Ok(())
 }
 
@@ -93,5 +103,7 @@ pub mod anyhow_free {
     pub enum Error {
         #[error("I/O: {0}")]
         Io(#[from] std::io::Error),
+        #[error("outbox: {0}")]
+        Outbox(#[from] cxb_delivery::OutboxError),
     }
 }

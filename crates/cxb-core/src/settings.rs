@@ -97,10 +97,73 @@ pub struct Settings {
     pub drain_secs: u64,
 
     #[command(flatten)]
+    pub outbox: OutboxSettings,
+
+    #[command(flatten)]
     pub storage: crate::recordings::StorageSettings,
 
     #[command(flatten)]
     pub postcall: crate::postcall::PostCallSettings,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Durable outbox settings (results, Agent Desk requests, recording uploads).
+#[derive(Debug, Clone, clap::Args)]
+pub struct OutboxSettings {
+    /// Outbox directory (default: <data-dir>/outbox).
+    #[arg(long, env = "CXBCORE_OUTBOX_DIR")]
+    pub outbox_dir: Option<PathBuf>,
+    /// Disk budget of pending + dead-letter entries, in bytes; enqueue fails beyond it and an
+    /// alarm (log + `cxb_outbox_disk_alarm`) fires at 80 %.
+    #[arg(long, env = "CXBCORE_OUTBOX_MAX_BYTES", default_value_t = 1 << 30)]
+    pub outbox_max_bytes: u64,
+    /// Deliveries in flight at once.
+    #[arg(long, env = "CXBCORE_OUTBOX_CONCURRENCY", default_value_t = 16)]
+    pub outbox_concurrency: usize,
+    /// Per-attempt HTTP timeout, in milliseconds.
+    #[arg(long, env = "CXBCORE_OUTBOX_TIMEOUT_MS", default_value_t = 10_000)]
+    pub outbox_timeout_ms: u64,
+    /// First retry delay (doubles per attempt, full jitter in [d/2, d]), in milliseconds.
+    #[arg(long, env = "CXBCORE_OUTBOX_BACKOFF_BASE_MS", default_value_t = 1000)]
+    pub outbox_backoff_base_ms: u64,
+    /// Retry delay cap (also caps an honoured Retry-After), in milliseconds.
+    #[arg(long, env = "CXBCORE_OUTBOX_BACKOFF_MAX_MS", default_value_t = 300_000)]
+    pub outbox_backoff_max_ms: u64,
+    /// Entries older than this go to dead-letter, in hours.
+    #[arg(long, env = "CXBCORE_OUTBOX_MAX_AGE_HOURS", default_value_t = 72)]
+    pub outbox_max_age_hours: u64,
+}
+
+/// Operator commands (they talk to a running worker's admin API).
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Inspect and operate the durable outbox of a running worker.
+    Outbox {
+        /// Base URL of the running worker.
+        #[arg(long, env = "CXBCORE_ADMIN_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[command(subcommand)]
+        op: OutboxOp,
+    },
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum OutboxOp {
+    /// List entries (pending by default).
+    List {
+        #[arg(long, default_value = "pending", value_parser = ["pending", "dead"])]
+        state: String,
+    },
+    /// Show one entry, with its attempts and last response body.
+    Show { id: String },
+    /// Move a dead-letter entry back to pending (attempts reset).
+    Replay { id: String },
+    /// Delete an entry for good.
+    Discard { id: String },
+    /// Depth, oldest age, disk use.
+    Stats,
 }
 
 impl Settings {
@@ -129,6 +192,19 @@ impl Settings {
     }
     pub fn results_dir(&self) -> PathBuf {
         self.data_dir.join("results")
+    }
+
+    pub fn outbox_config(&self) -> cxb_delivery::OutboxConfig {
+        let o = &self.outbox;
+        let mut c =
+            cxb_delivery::OutboxConfig::new(o.outbox_dir.clone().unwrap_or_else(|| self.data_dir.join("outbox")));
+        c.max_bytes = o.outbox_max_bytes.max(1);
+        c.max_concurrency = o.outbox_concurrency.max(1);
+        c.request_timeout = Duration::from_millis(o.outbox_timeout_ms.max(1));
+        c.backoff_base = Duration::from_millis(o.outbox_backoff_base_ms.max(1));
+        c.backoff_max = Duration::from_millis(o.outbox_backoff_max_ms.max(o.outbox_backoff_base_ms.max(1)));
+        c.max_age = Duration::from_secs(o.outbox_max_age_hours.max(1) * 3600);
+        c
     }
 
     /// Settings for tests: loopback, tiny timeouts, a temp data dir.
