@@ -123,8 +123,13 @@ impl Sim {
         assert!(r.status().is_success());
     }
 
+    /// Every result received so far — each one validated against proto/results.schema.json.
     pub async fn results(&self) -> Vec<Value> {
-        self.get("/sim/results").await.as_array().cloned().unwrap_or_default()
+        let results = self.get("/sim/results").await.as_array().cloned().unwrap_or_default();
+        for r in &results {
+            assert_valid_result(r);
+        }
+        results
     }
 
     /// Wait until at least `n` results have arrived.
@@ -144,7 +149,9 @@ impl Sim {
 pub struct Worker {
     pub proc: Proc,
     pub addr: String,
-    pub data: tempfile::TempDir,
+    /// The worker's data dir (results/, outbox/, recordings/).
+    pub data_path: PathBuf,
+    _data: Option<tempfile::TempDir>,
     http: reqwest::Client,
 }
 
@@ -156,12 +163,21 @@ impl Worker {
         Self::start_in(sim, envs, data).await
     }
 
+
     pub async fn start_in(sim: Option<&Sim>, envs: &[(&str, &str)], data: tempfile::TempDir) -> Worker {
+        let path = data.path().to_path_buf();
+        let mut w = Self::start_at(sim, envs, &path).await;
+        w._data = Some(data);
+        w
+    }
+
+    /// Start on an existing data dir that outlives the worker (restart tests).
+    pub async fn start_at(sim: Option<&Sim>, envs: &[(&str, &str)], data_path: &Path) -> Worker {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let mut env: Vec<(&str, String)> = vec![
             ("LISTEN_ADDR", addr.clone()),
-            ("CXBCORE_DATA_DIR", data.path().to_string_lossy().to_string()),
+            ("CXBCORE_DATA_DIR", data_path.to_string_lossy().to_string()),
             ("CXBCORE_SECRET", SECRET.to_string()),
             ("CXBCORE_DRAIN_SECS", "2".to_string()),
         ];
@@ -171,9 +187,9 @@ impl Worker {
         for (k, v) in envs {
             env.push((k, v.to_string()));
         }
-        let log = data.path().join("worker.log");
+        let log = data_path.join(format!("worker-{port}.log"));
         let proc = spawn("cxb-core", &[], &env, log);
-        let w = Worker { proc, addr, data, http: reqwest::Client::new() };
+        let w = Worker { proc, addr, data_path: data_path.to_path_buf(), _data: None, http: reqwest::Client::new() };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if w.http.get(format!("http://{}/health", w.addr)).send().await.is_ok() {
@@ -183,6 +199,19 @@ impl Worker {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         w
+    }
+
+    /// GET an admin route with the secret.
+    pub async fn admin(&self, path: &str) -> Value {
+        self.http
+            .get(format!("http://{}{path}", self.addr))
+            .header("X-CXBCore-Secret", SECRET)
+            .send()
+            .await
+            .expect("admin reachable")
+            .json()
+            .await
+            .expect("json")
     }
 
     pub fn ws_url(&self, bot: &str) -> String {
@@ -352,4 +381,39 @@ pub fn assert_no_nulls(v: &Value, path: &str) {
         Value::Object(o) => o.iter().for_each(|(k, x)| assert_no_nulls(x, &format!("{path}.{k}"))),
         _ => {}
     }
+}
+
+/// A short call: handshake, `ms` of silence, customer hang-up. Returns the stream id.
+pub async fn quick_call(worker: &Worker, stream_id: &str, ms: u64) -> Option<()> {
+    let mut call = RawCall::connect(&worker.ws_url("demo")).await.ok()?;
+    call.handshake(stream_id).await;
+    call.silence(ms).await;
+    call.send_raw(Message::Text(json!({"event":"hangup-call","disconnectedBy":"customer"}).to_string().into())).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), call.until_closed_quiet()).await;
+    Some(())
+}
+
+impl RawCall {
+    /// Drain until the socket closes, ignoring what arrives.
+    pub async fn until_closed_quiet(&mut self) {
+        while let Some(Ok(m)) = self.ws.next().await {
+            if matches!(m, Message::Close(_)) {
+                return;
+            }
+        }
+    }
+}
+
+/// Validate a result payload against the checked-in JSON Schema (and the no-null rule).
+pub fn assert_valid_result(v: &Value) {
+    static VALIDATOR: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    let validator = VALIDATOR.get_or_init(|| {
+        let schema: Value =
+            serde_json::from_slice(&std::fs::read(repo_root().join("proto/results.schema.json")).expect("schema file"))
+                .expect("schema json");
+        jsonschema::draft202012::new(&schema).expect("schema compiles")
+    });
+    let errors: Vec<String> = validator.iter_errors(v).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    assert!(errors.is_empty(), "result does not match proto/results.schema.json: {errors:#?}\n{v:#}");
+    assert_no_nulls(v, "$");
 }

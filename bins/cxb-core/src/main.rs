@@ -11,7 +11,9 @@ async fn main() -> anyhow::Result<()> {
     if settings.log_format == "json" {
         tracing_subscriber::fmt().with_env_filter(filter).json().init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        // Colours only on a terminal: log files and collectors get plain `key=value` lines.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
     }
     match settings.command.clone() {
         Some(Command::Outbox { url, op }) => outbox_command(&url, settings.secret.as_deref(), op).await,

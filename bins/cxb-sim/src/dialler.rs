@@ -1,5 +1,6 @@
-//! `cxb-sim dial`: a load-generating telephony dialler speaking the dialler WebSocket protocol
-//! (contract §6.1, wire-protocols §7), one tokio task per call.
+//! `cxb-sim dial`: a load-generating telephony dialler, one tokio task per call. It speaks the
+//! dialler WebSocket protocol (contract §6.1, wire-protocols §7) by default, and Exotel, Twilio,
+//! Telnyx, Plivo or Vonage with `--protocol` (see [`crate::protocols`]).
 //!
 //! Sending is interval-driven with `MissedTickBehavior::Delay`: every caller frame is delivered
 //! in order and a late tick never causes a catch-up burst (which would distort the worker's VAD
@@ -11,7 +12,7 @@
 //! frame plays for its duration after the previous one; `reverse-media-stop` clears the buffer.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
 use crate::audio::{load_wav, samples_for_ms};
+use crate::protocols::{FramePayload, Protocol, Reply, Session, WireFormat};
 use crate::stats::Dist;
 
 /// A gap this long (with nothing playing) separates two bot utterances; also the `bot_done` gap.
@@ -33,6 +35,9 @@ pub const BOT_GAP: Duration = Duration::from_millis(600);
 const SPEAKING_TOLERANCE: Duration = Duration::from_millis(200);
 const MAX_EXAMPLES: usize = 10;
 const DIALLER_RATE: u32 = 8000;
+/// Bot audio buffered further ahead of real time than this is a pacing violation (the worker
+/// must pace playout; Exotel's 200 ms chunks plus the worker's lead stay far below it).
+pub const MAX_AHEAD_MS: f64 = 1000.0;
 
 #[derive(Debug, Clone)]
 pub struct DialOptions {
@@ -47,11 +52,27 @@ pub struct DialOptions {
     pub frame_ms: u64,
 }
 
+/// Which telephony protocol `dial` speaks (default: the dialler WebSocket).
+#[derive(Debug, Clone)]
+pub struct ProtocolOptions {
+    pub protocol: Protocol,
+    /// Wire sample rate (protocol default when `None`).
+    pub sample_rate: Option<u32>,
+    /// Telnyx `PCMU|PCMA`, Plivo `mulaw|l16`.
+    pub encoding: Option<String>,
+}
+
+impl Default for ProtocolOptions {
+    fn default() -> Self {
+        Self { protocol: Protocol::Dialler, sample_rate: None, encoding: None }
+    }
+}
+
 /// A caller WAV cut into ready-to-send `media` frames.
 #[derive(Debug)]
 pub struct PreparedWav {
     pub path: String,
-    pub frames: Vec<Utf8Bytes>,
+    pub frames: Vec<FramePayload>,
     /// Index of the frame holding the last speech sample (`None`: no speech in the file).
     pub speech_end_frame: Option<usize>,
 }
@@ -117,7 +138,7 @@ fn resolve(path: &str, scenario: &Path) -> PathBuf {
     p
 }
 
-pub fn prepare_wav(path: &Path, frame_ms: u64) -> anyhow::Result<PreparedWav> {
+pub fn prepare_wav(path: &Path, frame_ms: u64, fmt: &WireFormat) -> anyhow::Result<PreparedWav> {
     let wav = load_wav(path)?;
     if wav.sample_rate != DIALLER_RATE {
         anyhow::bail!("{}: the dialler streams 8 kHz; this file is {} Hz", path.display(), wav.sample_rate);
@@ -128,7 +149,7 @@ pub fn prepare_wav(path: &Path, frame_ms: u64) -> anyhow::Result<PreparedWav> {
     for c in wav.samples.chunks(n) {
         buf.fill(0);
         buf[..c.len()].copy_from_slice(c);
-        frames.push(media_frame(&buf));
+        frames.push(fmt.frame(&buf));
     }
     let speech_end_frame = (wav.speech_end > 0).then(|| (wav.speech_end - 1) / n);
     Ok(PreparedWav { path: path.display().to_string(), frames, speech_end_frame })
@@ -145,7 +166,7 @@ fn ms_field(step: &Value, key: &str, default: u64) -> anyhow::Result<Duration> {
 }
 
 /// Loads a scenario (`{"steps":[...]}`) and prepares its WAVs.
-pub fn load_scenario(path: &Path, frame_ms: u64) -> anyhow::Result<Vec<Step>> {
+pub fn load_scenario(path: &Path, frame_ms: u64, fmt: &WireFormat) -> anyhow::Result<Vec<Step>> {
     let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
     let v: Value = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not JSON: {e}", path.display()))?;
     let steps = v
@@ -172,7 +193,7 @@ pub fn load_scenario(path: &Path, frame_ms: u64) -> anyhow::Result<Vec<Step>> {
             let wav = match wavs.get(&full) {
                 Some(w) => w.clone(),
                 None => {
-                    let w = Arc::new(prepare_wav(&full, frame_ms)?);
+                    let w = Arc::new(prepare_wav(&full, frame_ms, fmt)?);
                     wavs.insert(full, w.clone());
                     w
                 }
@@ -238,10 +259,20 @@ pub struct CallReport {
     pub transfers: u64,
     pub max_send_lag_ms: f64,
     pub audio_drift_ms: f64,
+    /// Playback marks (mark / checkpoint / notify) the bot placed, and the echoes we sent back.
+    pub marks_sent: u64,
+    pub marks_echoed: u64,
+    /// Bot hang-ups seen as the provider's REST call (verified by the sim) / as a socket close.
+    pub rest_hangups: u64,
+    pub close_hangups: u64,
+    /// Most bot audio ever buffered ahead of real time (ms).
+    pub max_ahead_ms: f64,
+    /// Connect to end of this call.
+    pub call_secs: f64,
 }
 
 impl CallReport {
-    fn violation(&mut self, kind: &str, example: impl FnOnce() -> String) {
+    pub fn violation(&mut self, kind: &str, example: impl FnOnce() -> String) {
         *self.violations.entry(kind.to_string()).or_default() += 1;
         if self.examples.len() < MAX_EXAMPLES {
             self.examples.push(format!("{kind}: {}", example()));
@@ -253,7 +284,10 @@ impl CallReport {
 pub struct Shared {
     pub url: String,
     pub steps: Vec<Step>,
-    pub silence: Utf8Bytes,
+    pub silence: FramePayload,
+    pub fmt: Arc<WireFormat>,
+    pub sim_url: Option<String>,
+    pub http: reqwest::Client,
     pub frame: Duration,
     pub settings: Option<SimSettings>,
     pub timeout: Duration,
@@ -505,6 +539,11 @@ impl BotPlayback {
         self.stopped_since_audio = true;
     }
 
+    /// Bot audio received but not yet played, in ms.
+    fn ahead_ms(&self, now: Instant) -> f64 {
+        self.playout_end.map_or(0.0, |p| p.saturating_duration_since(now).as_secs_f64() * 1000.0)
+    }
+
     fn speaking(&self, now: Instant) -> bool {
         self.speech_end.is_some_and(|e| now < e + SPEAKING_TOLERANCE) && !self.stopped_since_audio
     }
@@ -520,6 +559,9 @@ pub struct Progress {
 
 struct Call<'a> {
     sh: &'a Shared,
+    sess: Session,
+    /// Mark echoes due once the bot audio before them has played: (due, frame).
+    echoes: VecDeque<(Instant, Message)>,
     rep: CallReport,
     bot: BotPlayback,
     step: usize,
@@ -542,9 +584,11 @@ enum Next {
 }
 
 impl<'a> Call<'a> {
-    fn new(sh: &'a Shared) -> Self {
+    fn new(sh: &'a Shared, sess: Session) -> Self {
         Self {
             sh,
+            sess,
+            echoes: VecDeque::new(),
             rep: CallReport::default(),
             bot: BotPlayback::default(),
             step: 0,
@@ -567,7 +611,7 @@ impl<'a> Call<'a> {
         loop {
             let Some(step) = self.sh.steps.get(self.step) else {
                 // Scenario over without an explicit end: the customer hangs up.
-                hangup(ws, "customer").await;
+                hangup(ws, self.sess.customer_hangup()).await;
                 return Ok(Next::Done);
             };
             let first = self.step_entered.is_none();
@@ -591,7 +635,7 @@ impl<'a> Call<'a> {
                     };
                     if met {
                         if matches!(step, Step::WaitBotHangup { .. }) {
-                            hangup(ws, "bot").await;
+                            hangup(ws, self.sess.after_bot_hangup()).await;
                             return Ok(Next::Done);
                         }
                         self.next_step();
@@ -626,7 +670,7 @@ impl<'a> Call<'a> {
                     return Ok(Next::Continue);
                 }
                 Step::Hangup => {
-                    hangup(ws, "customer").await;
+                    hangup(ws, self.sess.customer_hangup()).await;
                     return Ok(Next::Done);
                 }
             }
@@ -634,7 +678,7 @@ impl<'a> Call<'a> {
     }
 
     /// The frame to send on this tick (and bookkeeping for says/silences).
-    fn frame_for_tick(&mut self) -> (Utf8Bytes, Option<(bool, usize)>) {
+    fn frame_for_tick(&mut self) -> (FramePayload, Option<(bool, usize)>) {
         match self.sh.steps.get(self.step) {
             Some(Step::Say { wav, turn }) if self.step_entered.is_some() => {
                 let i = self.say_pos;
@@ -692,13 +736,16 @@ impl<'a> Call<'a> {
     }
 }
 
-async fn send_text(ws: &mut Ws, s: String) -> Result<(), String> {
-    ws.send(Message::Text(s.into())).await.map_err(|e| format!("send_failed:{}", err_kind(&e)))
+async fn send(ws: &mut Ws, m: Message) -> Result<(), String> {
+    ws.send(m).await.map_err(|e| format!("send_failed:{}", err_kind(&e)))
 }
 
-/// Sends `hangup-call` and closes, waiting (≤ 2 s) for the close handshake.
-async fn hangup(ws: &mut Ws, by: &str) {
-    let _ = ws.send(Message::Text(format!("{{\"event\":\"hangup-call\",\"disconnectedBy\":\"{by}\"}}").into())).await;
+/// Sends the protocol's hang-up frames (`hangup-call`, `stop`, …) and closes, waiting (≤ 2 s)
+/// for the close handshake.
+async fn hangup(ws: &mut Ws, msgs: Vec<Message>) {
+    for m in msgs {
+        let _ = ws.send(m).await;
+    }
     let _ = ws.close(None).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = ws.next().await {} }).await;
 }
@@ -720,10 +767,13 @@ pub fn ws_config() -> tungstenite::protocol::WebSocketConfig {
 
 /// Runs one call to completion. Never panics; every wait is bounded by `sh.timeout`.
 pub async fn run_call(index: usize, sh: &Shared) -> CallReport {
-    let mut call = Call::new(sh);
-    let deadline = Instant::now() + sh.timeout;
+    let sess = Session::new(sh.fmt.clone(), index, sh.number_base, sh.frame.as_millis() as u64);
+    let mut call = Call::new(sh, sess);
+    let t0 = Instant::now();
+    let deadline = t0 + sh.timeout;
     let res = tokio::time::timeout_at(deadline, drive(index, &mut call)).await;
     let mut rep = std::mem::take(&mut call.rep);
+    rep.call_secs = t0.elapsed().as_secs_f64();
     match res {
         Ok(Ok(())) => {}
         Ok(Err(reason)) => rep.failure = Some(reason),
@@ -732,26 +782,80 @@ pub async fn run_call(index: usize, sh: &Shared) -> CallReport {
     rep
 }
 
-async fn drive(index: usize, call: &mut Call<'_>) -> Result<(), String> {
+/// Aborts the REST hang-up watch when the call ends.
+struct AbortOnDrop(tokio::task::JoinHandle<bool>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Long-polls the sim until the provider's REST hang-up for `call_id` arrived there (with the
+/// right method, path, auth and body). `false`: the wait ended without one.
+async fn watch_rest_hangup(
+    http: reqwest::Client,
+    sim_url: String,
+    provider: &'static str,
+    call_id: String,
+    wait: Duration,
+) -> bool {
+    let url = format!("{}/sim/telephony-requests/wait", sim_url.trim_end_matches('/'));
+    let ms = wait.as_millis().to_string();
+    let r = http
+        .get(&url)
+        .query(&[("provider", provider), ("call_id", call_id.as_str()), ("timeout_ms", ms.as_str())])
+        .timeout(wait + Duration::from_secs(5))
+        .send()
+        .await;
+    matches!(r, Ok(resp) if resp.status().is_success())
+}
+
+async fn watch_or_pending(w: &mut Option<AbortOnDrop>) -> bool {
+    match w {
+        Some(h) => (&mut h.0).await.unwrap_or(false),
+        None => std::future::pending().await,
+    }
+}
+
+/// The bot ended the call by closing the socket: the hang-up primitive of Exotel and Vonage (and
+/// of Twilio/Telnyx/Plivo without REST credentials).
+fn closed_by_bot(call: &mut Call<'_>) -> bool {
+    if call.sess.fmt.protocol == Protocol::Dialler
+        || !matches!(call.sh.steps.get(call.step), Some(Step::WaitBotHangup { .. }))
+    {
+        return false;
+    }
+    call.bot.hangup = true;
+    call.rep.bot_hangups += 1;
+    call.rep.close_hangups += 1;
+    true
+}
+
+async fn drive(_index: usize, call: &mut Call<'_>) -> Result<(), String> {
     let sh = call.sh;
-    let connect = tokio_tungstenite::connect_async_with_config(sh.url.as_str(), Some(ws_config()), true);
+    let url = call.sess.url(&sh.url);
+    let connect = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config()), true);
     let (mut ws, _) = match tokio::time::timeout(Duration::from_secs(10), connect).await {
         Err(_) => return Err("connect_timeout".into()),
         Ok(Err(tungstenite::Error::Http(resp))) => return Err(format!("refused:{}", resp.status().as_u16())),
         Ok(Err(e)) => return Err(format!("connect:{}", err_kind(&e))),
         Ok(Ok(x)) => x,
     };
-    let stream_id = uuid::Uuid::new_v4().to_string();
-    let caller_id = format!("+9198{:08}", (sh.number_base + index as u64) % 100_000_000);
-    let did = "+911140000000";
-    let connected = json!({"event":"connected","callerId":caller_id,"did":did,"callDirection":"incoming",
-        "streamId":stream_id,"customer_name":"Test Caller"});
-    send_text(&mut ws, connected.to_string()).await?;
-    let start = json!({"event":"start","streamId":stream_id,"mediaFormat":{"encoding":"LINEAR","sampleRate":8000,"channels":1}});
-    send_text(&mut ws, start.to_string()).await?;
-    send_text(&mut ws, "{\"event\":\"answer\"}".into()).await?;
+    for m in call.sess.handshake() {
+        send(&mut ws, m).await?;
+    }
     let answered = Instant::now();
-    let mut validator = Validator::new(&stream_id, &caller_id, did);
+    let mut watch = match (call.sess.rest_hangup_id(), &sh.sim_url) {
+        (Some((provider, id)), Some(sim)) => Some(AbortOnDrop(tokio::spawn(watch_rest_hangup(
+            sh.http.clone(),
+            sim.clone(),
+            provider,
+            id.to_string(),
+            sh.timeout,
+        )))),
+        _ => None,
+    };
     let mut ticker = tokio::time::interval_at(answered, sh.frame);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut frames_sent: u64 = 0;
@@ -767,8 +871,14 @@ async fn drive(index: usize, call: &mut Call<'_>) -> Result<(), String> {
                 if lag > call.rep.max_send_lag_ms {
                     call.rep.max_send_lag_ms = lag;
                 }
+                while call.echoes.front().is_some_and(|(due, _)| *due <= now) {
+                    let (_, m) = call.echoes.pop_front().expect("checked");
+                    call.rep.marks_echoed += 1;
+                    send(&mut ws, m).await?;
+                }
                 let (frame, say) = call.frame_for_tick();
-                ws.send(Message::Text(frame)).await.map_err(|e| format!("send_failed:{}", err_kind(&e)))?;
+                let msg = call.sess.media(&frame);
+                send(&mut ws, msg).await?;
                 frames_sent += 1;
                 let sent_at = Instant::now();
                 if let Some((speech_end_now, turn)) = say {
@@ -780,26 +890,79 @@ async fn drive(index: usize, call: &mut Call<'_>) -> Result<(), String> {
                     return Ok(());
                 }
             }
+            verified = watch_or_pending(&mut watch) => {
+                watch = None;
+                if !verified {
+                    continue;
+                }
+                // The provider got the REST hang-up: it ends the stream (`stop`, close).
+                let now = Instant::now();
+                call.rep.rest_hangups += 1;
+                call.on_bot_event(BotEvent::Hangup, now);
+                if !matches!(sh.steps.get(call.step), Some(Step::WaitBotHangup { .. })) {
+                    let step = call.step;
+                    hangup(&mut ws, call.sess.after_bot_hangup()).await;
+                    return Err(format!("unexpected_bot_hangup(step {step})"));
+                }
+                if let Next::Done = call.advance(&mut ws, now).await? {
+                    return Ok(());
+                }
+            }
             msg = ws.next() => {
                 let now = Instant::now();
-                let ev = match msg {
-                    None => return Err(format!("server_closed(step {})", call.step)),
-                    Some(Err(e)) => return Err(format!("ws_error:{}(step {})", err_kind(&e), call.step)),
-                    Some(Ok(Message::Text(t))) => validator.check(t.as_str(), &mut call.rep),
-                    Some(Ok(Message::Binary(_))) => {
-                        call.rep.violation("binary_frame", || "bot sent a binary frame".into());
-                        BotEvent::Ignored
+                let checked = match msg {
+                    None => {
+                        if closed_by_bot(call) {
+                            return Ok(());
+                        }
+                        return Err(format!("server_closed(step {})", call.step));
                     }
+                    Some(Err(e)) => return Err(format!("ws_error:{}(step {})", err_kind(&e), call.step)),
+                    Some(Ok(Message::Text(t))) => call.sess.check_text(t.as_str(), &mut call.rep),
+                    Some(Ok(Message::Binary(b))) => call.sess.check_binary(&b, &mut call.rep),
                     Some(Ok(Message::Close(cf))) => {
+                        if closed_by_bot(call) {
+                            let _ = ws.close(None).await;
+                            return Ok(());
+                        }
                         let code = cf.map(|c| u16::from(c.code).to_string()).unwrap_or_else(|| "none".into());
                         return Err(format!("server_closed:{code}(step {})", call.step));
                     }
-                    Some(Ok(_)) => BotEvent::Ignored,
+                    Some(Ok(_)) => BotEvent::Ignored.into(),
                 };
+                let ev = checked.ev;
                 call.on_bot_event(ev, now);
+                if let BotEvent::Media { .. } = ev {
+                    let ahead = call.bot.ahead_ms(now);
+                    if ahead > call.rep.max_ahead_ms {
+                        call.rep.max_ahead_ms = ahead;
+                    }
+                    if ahead > MAX_AHEAD_MS {
+                        call.rep.violation("media.ahead_of_real_time", || format!("{ahead:.0} ms of bot audio buffered"));
+                    }
+                }
+                if ev == BotEvent::MediaStop {
+                    if call.sess.echo_marks_on_clear() {
+                        // Twilio echoes the marks a clear dropped, at once.
+                        while let Some((_, m)) = call.echoes.pop_front() {
+                            call.rep.marks_echoed += 1;
+                            send(&mut ws, m).await?;
+                        }
+                    } else {
+                        call.echoes.clear();
+                    }
+                }
+                match checked.reply {
+                    Some(Reply::Now(m)) => send(&mut ws, m).await?,
+                    Some(Reply::AfterPlayout(m)) => {
+                        let due = call.bot.playout_end.map_or(now, |p| p.max(now));
+                        call.echoes.push_back((due, m));
+                    }
+                    None => {}
+                }
                 if ev == BotEvent::Hangup && !matches!(sh.steps.get(call.step), Some(Step::WaitBotHangup { .. })) {
                     let step = call.step;
-                    hangup(&mut ws, "bot").await;
+                    hangup(&mut ws, call.sess.after_bot_hangup()).await;
                     return Err(format!("unexpected_bot_hangup(step {step})"));
                 }
                 if let Next::Done = call.advance(&mut ws, now).await? {
@@ -818,15 +981,21 @@ pub async fn fetch_settings(sim_url: &str) -> anyhow::Result<SimSettings> {
     Ok(s)
 }
 
-/// Runs the whole load test and returns the summary JSON.
+/// Runs the whole load test over the dialler protocol and returns the summary JSON.
 pub async fn run_dial(opts: DialOptions) -> anyhow::Result<Value> {
+    run_dial_with(opts, ProtocolOptions::default()).await
+}
+
+/// Runs the whole load test over `proto` and returns the summary JSON.
+pub async fn run_dial_with(opts: DialOptions, proto: ProtocolOptions) -> anyhow::Result<Value> {
     if opts.calls == 0 {
         anyhow::bail!("--calls must be at least 1");
     }
     if opts.frame_ms == 0 || opts.frame_ms > 1000 {
         anyhow::bail!("--frame-ms must be within 1..=1000");
     }
-    let steps = load_scenario(&opts.scenario, opts.frame_ms)?;
+    let fmt = Arc::new(WireFormat::new(proto.protocol, proto.sample_rate, proto.encoding.as_deref())?);
+    let steps = load_scenario(&opts.scenario, opts.frame_ms, &fmt)?;
     let settings = match &opts.sim_url {
         None => None,
         Some(u) => match fetch_settings(u).await {
@@ -837,12 +1006,15 @@ pub async fn run_dial(opts: DialOptions) -> anyhow::Result<Value> {
             }
         },
     };
-    let silence = media_frame(&vec![0i16; samples_for_ms(DIALLER_RATE, opts.frame_ms)]);
+    let silence = fmt.frame(&vec![0i16; samples_for_ms(DIALLER_RATE, opts.frame_ms)]);
     let number_base = u64::from(uuid::Uuid::new_v4().as_u128() as u32) % 100_000_000;
     let shared = Arc::new(Shared {
         url: opts.url.clone(),
         steps,
         silence,
+        fmt: fmt.clone(),
+        sim_url: opts.sim_url.clone(),
+        http: reqwest::Client::builder().pool_max_idle_per_host(16).build()?,
         frame: Duration::from_millis(opts.frame_ms),
         settings: settings.clone(),
         timeout: Duration::from_secs(opts.timeout_secs.max(1)),
@@ -896,7 +1068,9 @@ pub async fn run_dial(opts: DialOptions) -> anyhow::Result<Value> {
     }
     reporter.abort();
     let wall = started.elapsed().as_secs_f64();
-    let summary = summarize(&reports, settings.as_ref(), wall, &opts, concurrency);
+    let mut summary = summarize(&reports, settings.as_ref(), wall, &opts, concurrency);
+    summary["protocol"] = json!(proto.protocol.name());
+    summary["sample_rate"] = json!(fmt.rate);
     let text = serde_json::to_string_pretty(&summary)?;
     if let Some(out) = &opts.out {
         std::fs::write(out, format!("{text}\n")).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
@@ -917,6 +1091,8 @@ pub fn summarize(
     let (mut lat, mut lat_minus, mut injected, mut stop_ms, mut drift) = (vec![], vec![], vec![], vec![], vec![]);
     let mut totals = [0u64; 8];
     let mut max_lag = 0.0f64;
+    let (mut marks_sent, mut marks_echoed, mut rest_hangups, mut close_hangups) = (0u64, 0u64, 0u64, 0u64);
+    let (mut call_secs, mut max_ahead) = (0.0f64, 0.0f64);
     for r in reports {
         if let Some(f) = &r.failure {
             *reasons.entry(f.clone()).or_default() += 1;
@@ -937,6 +1113,12 @@ pub fn summarize(
         stop_ms.extend_from_slice(&r.barge_in_stop_ms);
         drift.push(r.audio_drift_ms);
         max_lag = max_lag.max(r.max_send_lag_ms);
+        marks_sent += r.marks_sent;
+        marks_echoed += r.marks_echoed;
+        rest_hangups += r.rest_hangups;
+        close_hangups += r.close_hangups;
+        call_secs += r.call_secs;
+        max_ahead = max_ahead.max(r.max_ahead_ms);
         for (i, v) in [
             r.payload_size_mismatches,
             r.bot_frames,
@@ -987,6 +1169,12 @@ pub fn summarize(
         "barge_in_stop_ms": Dist::from(&stop_ms),
         "bot_hangups": totals[5],
         "transfers": totals[6],
+        "marks_sent": marks_sent,
+        "marks_echoed": marks_echoed,
+        "bot_hangups_rest": rest_hangups,
+        "bot_hangups_close": close_hangups,
+        "max_bot_audio_ahead_ms": (max_ahead * 10.0).round() / 10.0,
+        "call_seconds_total": (call_secs * 100.0).round() / 100.0,
         "max_send_lag_ms": (max_lag * 10.0).round() / 10.0,
         "audio_drift_ms": Dist::from(&drift),
         "wall_secs": (wall_secs * 100.0).round() / 100.0,
@@ -1104,14 +1292,16 @@ mod tests {
     #[test]
     fn scenarios_in_assets_load() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/sim");
-        let steps = load_scenario(&root.join("scenario.json"), 20).unwrap();
+        let fmt = WireFormat::new(Protocol::Dialler, None, None).unwrap();
+        let steps = load_scenario(&root.join("scenario.json"), 20, &fmt).unwrap();
         assert_eq!(steps.len(), 7);
         let turns: Vec<usize> = steps
             .iter()
             .filter_map(|s| {
                 if let Step::Say { turn, wav } = s {
                     assert!(wav.speech_end_frame.is_some());
-                    assert_eq!(wav.frames[0].len(), r#"{"event":"media","payload":""}"#.len() + 428);
+                    let FramePayload::Text(f) = &wav.frames[0] else { panic!("dialler frames are text") };
+                    assert_eq!(f.len(), r#"{"event":"media","payload":""}"#.len() + 428);
                     Some(*turn)
                 } else {
                     None
@@ -1119,7 +1309,13 @@ mod tests {
             })
             .collect();
         assert_eq!(turns, vec![0, 1, 2]);
-        let steps = load_scenario(&root.join("scenario-hangup.json"), 20).unwrap();
+        let steps = load_scenario(&root.join("scenario-hangup.json"), 20, &fmt).unwrap();
+        // Every protocol can prepare the same scenario.
+        for (p, rate) in [(Protocol::Exotel, 24000), (Protocol::Vonage, 16000), (Protocol::Twilio, 8000)] {
+            let fmt = WireFormat::new(p, Some(rate), None).unwrap();
+            let steps = load_scenario(&root.join("scenario.json"), 20, &fmt).unwrap();
+            assert_eq!(steps.len(), 7);
+        }
         assert!(matches!(steps.last(), Some(Step::Hangup)));
     }
 

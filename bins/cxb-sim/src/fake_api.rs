@@ -176,7 +176,7 @@ pub fn bot_config(state: &SimState, bot_id: &str) -> Value {
         "model": tts_model,
         "base_url": if bot_id == "tts-down" { dead_ws } else { ws },
     });
-    json!({
+    let mut cfg = json!({
         "session_id": uuid::Uuid::new_v4().to_string(),
         "bot_id": bot_id,
         "webhook_url": format!("http://{addr}/api/v1/call-results"),
@@ -201,7 +201,13 @@ pub fn bot_config(state: &SimState, bot_id: &str) -> Value {
         "llm": llm,
         "tts": tts,
         "vad": {"confidence": 0.7, "start_secs": 0.2, "stop_secs": 0.5, "min_volume": 0.6},
-    })
+    });
+    // Credentials for the telephony REST hang-ups, pointed at this server's fakes
+    // (`no-telephony`: none, so the worker falls back to closing the socket).
+    if bot_id != "no-telephony" {
+        cfg["telephony"] = crate::telephony_fakes::config_block(&addr);
+    }
+    cfg
 }
 
 /// Validates a results body the way CXB API's `CallResultsPayload` model would (plus: no nulls).
@@ -401,6 +407,7 @@ async fn llm_requests(State(state): State<Arc<SimState>>) -> Json<Value> {
 async fn reset(State(state): State<Arc<SimState>>) -> Json<Value> {
     *lock(&state.api) = ApiStore::default();
     lock(&state.llm_requests).clear();
+    state.telephony.reset();
     Json(json!({"status":"ok"}))
 }
 

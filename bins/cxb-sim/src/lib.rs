@@ -9,9 +9,11 @@ pub mod audio;
 pub mod dialler;
 pub mod fake_api;
 pub mod llm_openai;
+pub mod protocols;
 pub mod script;
 pub mod stats;
 pub mod stt_deepgram;
+pub mod telephony_fakes;
 pub mod tts_cartesia;
 pub mod tts_elevenlabs;
 
@@ -121,6 +123,8 @@ pub struct SimState {
     pub counters: Counters,
     /// Tool-call id counter (`call_<n>`).
     pub next_call_id: AtomicU64,
+    /// Requests seen by the telephony REST fakes.
+    pub telephony: telephony_fakes::Store,
 }
 
 pub const LLM_REQUESTS_KEPT: usize = 200;
@@ -153,6 +157,7 @@ impl SimState {
             llm_requests: Mutex::new(VecDeque::new()),
             counters: Counters::default(),
             next_call_id: AtomicU64::new(1),
+            telephony: telephony_fakes::Store::default(),
         }
     }
 
@@ -204,6 +209,7 @@ pub fn router(state: Arc<SimState>) -> Router {
         .route("/tts/websocket", get(tts_cartesia::handler))
         .route("/v1/text-to-speech/{voice_id}/stream-input", get(tts_elevenlabs::handler))
         .merge(fake_api::routes())
+        .merge(telephony_fakes::routes())
         .with_state(state)
 }
 

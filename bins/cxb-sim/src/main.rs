@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use cxb_sim::dialler::{run_dial, DialOptions};
+use cxb_sim::dialler::{run_dial_with, DialOptions, ProtocolOptions};
 use cxb_sim::{raise_fd_limit, start, Script, ServeOptions};
 
 #[derive(Parser)]
@@ -20,7 +20,7 @@ struct Cli {
 enum Cmd {
     /// Serve the Deepgram/OpenAI/Cartesia/ElevenLabs doubles and the fake CXB API on one port.
     Serve(ServeArgs),
-    /// Drive calls against a worker's dialler WebSocket endpoint and print a JSON summary.
+    /// Drive calls against a worker's telephony WebSocket endpoint and print a JSON summary.
     Dial(DialArgs),
 }
 
@@ -84,6 +84,16 @@ struct DialArgs {
     out: Option<PathBuf>,
     #[arg(long, default_value_t = 20)]
     frame_ms: u64,
+    /// Telephony protocol to speak (the URL must be the matching worker route, e.g.
+    /// ws://127.0.0.1:8080/exotel/demo).
+    #[arg(long, value_enum, default_value = "dialler")]
+    protocol: cxb_sim::protocols::Protocol,
+    /// Wire sample rate (default per protocol: 8000; Vonage 16000).
+    #[arg(long)]
+    sample_rate: Option<u32>,
+    /// Telnyx: PCMU | PCMA. Plivo: mulaw | l16.
+    #[arg(long)]
+    encoding: Option<String>,
 }
 
 fn write_atomic(path: &Path, content: &str) -> std::io::Result<()> {
@@ -146,7 +156,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn dial(a: DialArgs) -> anyhow::Result<()> {
-    let summary = run_dial(DialOptions {
+    let opts = DialOptions {
         url: a.url,
         calls: a.calls,
         concurrency: a.concurrency,
@@ -156,8 +166,9 @@ async fn dial(a: DialArgs) -> anyhow::Result<()> {
         sim_url: a.sim_url,
         out: a.out,
         frame_ms: a.frame_ms,
-    })
-    .await?;
+    };
+    let proto = ProtocolOptions { protocol: a.protocol, sample_rate: a.sample_rate, encoding: a.encoding };
+    let summary = run_dial_with(opts, proto).await?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
     out.flush()?;

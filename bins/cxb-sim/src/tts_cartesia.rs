@@ -26,6 +26,8 @@ pub const SAMPLE_RATES: [u32; 6] = [8000, 16000, 22050, 24000, 44100, 48000];
 /// Cartesia closes an idle socket after about 5 minutes.
 const IDLE: Duration = Duration::from_secs(300);
 const CHUNK_MS: u64 = 100;
+/// Longest transcript piece accepted (bounds the audio one request can ask for).
+pub const MAX_TRANSCRIPT_CHARS: usize = 5000;
 
 pub async fn handler(
     State(state): State<Arc<SimState>>,
@@ -95,6 +97,13 @@ fn error_msg(context_id: Option<&str>, title: &str, message: &str, error_code: &
 /// Validates a generation request: (request, format) or (title, message, error_code).
 fn parse_request(v: &Value) -> Result<(GenReq, CtxFormat), (&'static str, String, &'static str)> {
     let transcript = match v.get("transcript") {
+        Some(Value::String(s)) if s.chars().count() > MAX_TRANSCRIPT_CHARS => {
+            return Err((
+                "Invalid request",
+                format!("transcript longer than {MAX_TRANSCRIPT_CHARS} characters"),
+                "invalid_request",
+            ))
+        }
         Some(Value::String(s)) => s.clone(),
         None => return Err(("Invalid request", "transcript is required".into(), "invalid_request")),
         Some(_) => return Err(("Invalid request", "transcript must be a string".into(), "invalid_request")),
@@ -284,13 +293,16 @@ async fn run_context(
         let dur_ms = text_duration_ms(&req.transcript);
         if dur_ms > 0 {
             let started = Instant::now();
-            pcm.clear();
-            synth.render(samples_for_ms(fmt.sample_rate, dur_ms), &mut pcm);
-            for c in pcm.chunks(chunk_samples) {
+            let mut left = samples_for_ms(fmt.sample_rate, dur_ms);
+            while left > 0 {
                 if is_cancelled() {
                     return;
                 }
-                let data = base64::engine::general_purpose::STANDARD.encode(pcm_bytes(c));
+                let n = left.min(chunk_samples);
+                left -= n;
+                pcm.clear();
+                synth.render(n, &mut pcm);
+                let data = base64::engine::general_purpose::STANDARD.encode(pcm_bytes(&pcm));
                 let step_time = (started.elapsed().as_secs_f64() * 1000.0 * 100.0).round() / 100.0;
                 let m = json!({"type":"chunk","context_id":cid,"data":data,"done":false,"status_code":206,"step_time":step_time});
                 if !send(m.to_string()).await {

@@ -146,6 +146,10 @@ async fn run(mut socket: WebSocket, state: Arc<SimState>, voice_id: String, rate
         if text.trim().is_empty() {
             continue; // keep-alive
         }
+        if text.chars().count() > crate::tts_cartesia::MAX_TRANSCRIPT_CHARS {
+            close_ws(&mut socket, 1009, "invalid_request: text message too long").await;
+            return;
+        }
         if first_audio {
             first_audio = false;
             tokio::time::sleep(Latencies::dur(&state.lat.tts_ttfb_ms)).await;

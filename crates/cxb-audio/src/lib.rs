@@ -1,6 +1,8 @@
 //! Audio DSP for the call path: 20 ms framing, voice activity detection with start/stop
-//! hysteresis, and (later) resampling and the streaming stereo recorder. No I/O, no async.
+//! hysteresis, the streaming stereo call recorder ([`recorder`], which writes its WAV file
+//! synchronously), and (later) resampling. No async.
 
+pub mod recorder;
 pub mod vad;
 
 /// Every frame on the call path is 20 ms.

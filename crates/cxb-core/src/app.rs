@@ -10,6 +10,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use cxb_providers::llm::LlmClient;
 use cxb_transports::dialler::Dialler;
+use cxb_transports::Transport;
 use cxb_wire::health::{FleetHealth, FleetWorker, WorkerHealth};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
@@ -29,6 +30,7 @@ pub struct AppState {
     pub config: ConfigSource,
     pub llm: LlmClient,
     pub delivery: ResultDelivery,
+    pub postcall: crate::postcall::PostCall,
     pub http: reqwest::Client,
     pub metrics: PrometheusHandle,
 }
@@ -51,14 +53,21 @@ impl AppState {
             None => ConfigSource::Local { dir: settings.bots_dir.clone() },
         };
         let outbox = cxb_delivery::Outbox::open(settings.outbox_config()).await?;
+        outbox.register(
+            crate::postcall::nxlink::OUTBOX_KIND,
+            Arc::new(crate::postcall::nxlink::NxlinkDeliverer::new(Duration::from_secs(10))),
+        );
         let delivery = ResultDelivery::new(outbox, settings.secret.clone(), settings.results_dir());
+        let llm = LlmClient::new();
+        let postcall = crate::postcall::PostCall::new(llm.clone(), &settings);
         metrics::gauge!("cxb_call_slots").set(settings.max_concurrent_calls as f64);
         Ok(Self {
             tracker: CallTracker::new(settings.max_concurrent_calls),
             settings: Arc::new(settings),
             config,
-            llm: LlmClient::new(),
+            llm,
             delivery,
+            postcall,
             http,
             metrics,
         })
@@ -73,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ws/{bot_id}", get(ws_route))
         .route("/recordings/{*key}", get(crate::recordings::serve_recording))
         .merge(crate::admin::routes())
+        .merge(crate::transport_routes::routes())
         .with_state(state)
 }
 
@@ -82,20 +92,29 @@ pub fn at_capacity() -> Response {
 }
 
 async fn ws_route(State(app): State<AppState>, Path(bot_id): Path<String>, ws: WebSocketUpgrade) -> Response {
+    start_ws_call(app, bot_id, ws, Dialler::new())
+}
+
+/// Shared entry of every WebSocket telephony route: validate the bot id, take a CallTracker slot
+/// before anything else (at capacity the upgrade is refused with 429), then upgrade and hand the
+/// socket to the call driver with the route's transport adapter.
+pub fn start_ws_call<T: Transport + 'static>(app: AppState, bot_id: String, ws: WebSocketUpgrade, transport: T) -> Response {
     if !valid_bot_id(&bot_id) {
         return (StatusCode::NOT_FOUND, Json(json!({"status":"rejected","error":"invalid bot id"}))).into_response();
     }
     let call_id = uuid::Uuid::new_v4().to_string();
-    // The slot is taken before anything else happens; at capacity the upgrade is refused.
     let Some(slot) = app.tracker.try_acquire(call_id) else {
         metrics::counter!("cxb_calls_rejected_total", "reason" => "at_capacity").increment(1);
-        warn!(%bot_id, "refusing WebSocket call: at capacity");
+        warn!(%bot_id, transport = transport.name(), "refusing WebSocket call: at capacity");
         return at_capacity();
     };
     let max = app.settings.max_frame_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| run_ws_call(app, socket, Dialler::new(), bot_id, slot))
+        // tungstenite zero-fills its whole read buffer on every read: 128 KiB by default is
+        // most of the per-frame CPU at hundreds of calls; our frames are a few hundred bytes.
+        .read_buffer_size(8 * 1024)
+        .on_upgrade(move |socket| run_ws_call(app, socket, transport, bot_id, slot))
 }
 
 fn worker_health(app: &AppState) -> WorkerHealth {

@@ -30,6 +30,15 @@ use crate::tracker::CallSlot;
 
 /// How long a single outbound frame may take to write before the caller counts as gone.
 const SEND_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long we wait for the peer to finish a close / hang-up exchange.
+const CLOSE_LINGER: Duration = Duration::from_secs(3);
+/// Caller audio is batched into STT messages of this many milliseconds. Deepgram takes any
+/// chunking; 60 ms cuts per-call messages and wake-ups threefold and stays far inside the VAD
+/// end-of-speech hangover, so turn latency is unchanged.
+const STT_BATCH_MS: usize = 60;
+/// Playout wake-ups are coalesced to at most one per this interval (frames go out in pairs);
+/// the engine's 80 ms lead keeps the far end's buffer ahead of real time.
+const PLAYOUT_COALESCE: Duration = Duration::from_millis(40);
 
 type WsTx = SplitSink<WebSocket, Message>;
 type WsRx = SplitStream<WebSocket>;
@@ -74,27 +83,51 @@ struct WsIo {
 }
 
 impl WsIo {
-    async fn send(&mut self, frame: OutFrame) -> bool {
-        if self.closed {
-            return false;
+    /// Write frames in order with one flush at the end (bot audio goes out in small bursts).
+    /// Returns false when the caller is gone.
+    async fn send_all(&mut self, frames: impl IntoIterator<Item = OutFrame>) -> bool {
+        let mut pending = false;
+        for frame in frames {
+            if self.closed {
+                return false;
+            }
+            let msg = match frame {
+                OutFrame::Text(t) => Message::Text(t.into()),
+                OutFrame::Binary(b) => Message::Binary(b.into()),
+                OutFrame::Close { code, reason } => {
+                    if pending && !self.flush().await {
+                        return false;
+                    }
+                    pending = false;
+                    self.close(code, &reason).await;
+                    continue;
+                }
+                OutFrame::Http(req) => {
+                    spawn_http(req);
+                    continue;
+                }
+            };
+            match tokio::time::timeout(SEND_TIMEOUT, self.tx.feed(msg)).await {
+                Ok(Ok(())) => pending = true,
+                Ok(Err(e)) => {
+                    debug!(error = %e, "send failed; caller gone");
+                    self.closed = true;
+                    return false;
+                }
+                Err(_) => {
+                    warn!("send blocked for {SEND_TIMEOUT:?}; treating the caller as gone");
+                    self.closed = true;
+                    return false;
+                }
+            }
         }
-        let msg = match frame {
-            OutFrame::Text(t) => Message::Text(t.into()),
-            OutFrame::Binary(b) => Message::Binary(b.into()),
-            OutFrame::Close { code, reason } => {
-                self.close(code, &reason).await;
-                return true;
-            }
-        };
-        match tokio::time::timeout(SEND_TIMEOUT, self.tx.send(msg)).await {
+        !pending || self.flush().await
+    }
+
+    async fn flush(&mut self) -> bool {
+        match tokio::time::timeout(SEND_TIMEOUT, self.tx.flush()).await {
             Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                debug!(error = %e, "send failed; caller gone");
-                self.closed = true;
-                false
-            }
-            Err(_) => {
-                warn!("send blocked for {SEND_TIMEOUT:?}; treating the caller as gone");
+            _ => {
                 self.closed = true;
                 false
             }
@@ -112,12 +145,65 @@ impl WsIo {
             reason.pop();
         }
         let frame = Message::Close(Some(CloseFrame { code, reason: reason.into() }));
-        let _ = tokio::time::timeout(SEND_TIMEOUT, async {
-            let _ = self.tx.send(frame).await;
-            let _ = self.tx.close().await;
+        let _ = tokio::time::timeout(SEND_TIMEOUT, self.tx.send(frame)).await;
+        // Complete the closing handshake: read (and discard) until the peer's close, so the
+        // socket is not dropped with unread data (which makes the kernel send a reset and the
+        // peer can lose our last frames).
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            while let Some(Ok(m)) = self.rx.next().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+        let _ = self.tx.close().await;
+    }
+
+    /// After the bot's hang-up frames: the dialler answers with `hangup-call` and closes.
+    /// Keep reading (bounded) so our frames are not lost to a reset.
+    async fn linger_for_peer_hangup(&mut self) {
+        if self.closed {
+            return;
+        }
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            while let Some(Ok(m)) = self.rx.next().await {
+                match m {
+                    Message::Close(_) => {
+                        self.closed = true;
+                        break;
+                    }
+                    Message::Text(t) if t.contains("hangup-call") => break,
+                    _ => {}
+                }
+            }
         })
         .await;
     }
+}
+
+/// Perform a transport's out-of-band HTTP request (REST hang-up, ...) without blocking the call.
+fn spawn_http(req: cxb_transports::HttpRequest) {
+    tokio::spawn(
+        async move {
+            static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+            let http = HTTP.get_or_init(reqwest::Client::new);
+            let method = reqwest::Method::from_bytes(req.method.as_bytes()).unwrap_or(reqwest::Method::POST);
+            let mut r = http.request(method, &req.url).timeout(Duration::from_secs(5));
+            for (k, v) in &req.headers {
+                r = r.header(k, v);
+            }
+            if let Some(b) = req.body {
+                r = r.body(b);
+            }
+            match r.send().await {
+                Ok(resp) if resp.status().is_success() => info!(url = %req.url, status = resp.status().as_u16(), "transport request done"),
+                Ok(resp) => warn!(url = %req.url, status = resp.status().as_u16(), "transport request refused"),
+                Err(e) => warn!(url = %req.url, error = %e, "transport request failed"),
+            }
+        }
+        .in_current_span(),
+    );
 }
 
 enum HandshakeEnd {
@@ -195,12 +281,51 @@ async fn handshake<T: Transport>(
     };
     metrics::histogram!("cxb_config_fetch_seconds").record(took.as_secs_f64());
     match result {
-        Ok(cfg) => Ok((cfg, early_audio)),
+        Ok(cfg) => {
+            transport.on_config(&cfg);
+            Ok((cfg, early_audio))
+        }
         Err(e) => {
             warn!(error = %e, "call rejected: config fetch failed");
+            if let Some(reason) = transport.config_failure_result() {
+                record_unstarted_call(app, transport, bot_id, reason).await;
+            }
             Err(HandshakeEnd::Reject { code: e.close_code(), reason: format!("config: {e}"), metric: e.label() })
         }
     }
+}
+
+/// A call that never started still gets a minimal result where the transport's contract says so
+/// (Exotel without config → `outside_hours`): zero duration, POSTed to `{api base}/call-results`
+/// derived from the config URL, through the outbox.
+async fn record_unstarted_call<T: Transport>(app: &AppState, transport: &T, bot_id: &str, reason: DisconnectedBy) {
+    let Some(base) = app.settings.config_url.as_deref().and_then(api_base) else {
+        info!(%reason, "no CXB API configured; the unstarted call is only logged");
+        return;
+    };
+    let meta = transport.meta().clone();
+    let summary = CallSummary {
+        session_id: format!("{}-{}", transport.name(), if meta.stream_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { meta.stream_id.clone() }),
+        bot_id: bot_id.to_string(),
+        transport: transport.name(),
+        stream_id: meta.stream_id,
+        caller_id: meta.caller_id,
+        did: meta.did,
+        call_direction: meta.call_direction,
+        connected_event: meta.connected_event,
+        started_at: chrono::Utc::now(),
+        duration: Duration::ZERO,
+        disconnected_by: reason,
+    };
+    let payload = build_payload(&summary, None, vec![]);
+    let _ = app.delivery.deliver(payload, Some(format!("{base}/call-results"))).await;
+}
+
+/// `https://api.example/api/v1/config` → `https://api.example/api/v1`.
+pub fn api_base(config_url: &str) -> Option<String> {
+    let trimmed = config_url.trim_end_matches('/');
+    let base = trimmed.strip_suffix("/config").unwrap_or(trimmed);
+    (!base.is_empty()).then(|| base.to_string())
 }
 
 fn reject_for_ws_error(e: &axum::Error) -> HandshakeEnd {
@@ -253,6 +378,12 @@ struct Driver<'a, T: Transport> {
     tool_results: Vec<Input>,
     extra_events: Vec<CallEvent>,
     protocol_errors: u32,
+    /// Caller audio waiting to go to STT: sent in 60 ms messages rather than one per frame.
+    stt_buf: Vec<i16>,
+    /// Stereo WAV of the call (customer left, bot right as played), streamed to disk.
+    rec: Option<crate::recordings::CallRecording>,
+    /// The bot sent the transport's hang-up primitive.
+    bot_hung_up: bool,
 }
 
 async fn run_conversation<T: Transport>(
@@ -285,6 +416,16 @@ async fn run_conversation<T: Transport>(
         tool_results: Vec::new(),
         extra_events: Vec::new(),
         protocol_errors: 0,
+        stt_buf: Vec::with_capacity(2048),
+        rec: None,
+        bot_hung_up: false,
+    };
+    d.rec = match crate::recordings::CallRecording::start(&app.settings, &d.cfg.session_id, rate, started_at) {
+        Ok(r) => r,
+        Err(e) => {
+            error!(error = %e, "cannot record this call; continuing without a recording");
+            None
+        }
     };
     let (stt_rx, tts_rx) = d.connect_providers(rate, vad_settings).await;
     if let Some(audio) = early_audio {
@@ -293,6 +434,7 @@ async fn run_conversation<T: Transport>(
     d.run(stt_rx, tts_rx).await;
 
     // Teardown: close provider streams, build and hand off the result.
+    d.flush_stt();
     if let Some(s) = &d.stt {
         s.close();
     }
@@ -330,7 +472,21 @@ async fn run_conversation<T: Transport>(
     }
     metrics::counter!("cxb_calls_total", "disconnected_by" => reason.as_str(), "transport" => summary.transport)
         .increment(1);
-    let payload = build_payload(&summary, Some(&record), std::mem::take(&mut d.extra_events));
+    let mut payload = build_payload(&summary, Some(&record), std::mem::take(&mut d.extra_events));
+    if let Some(rec) = d.rec.take() {
+        match rec.finish(t0.elapsed()).await {
+            Ok(done) => {
+                // The key is known now; the upload goes through the outbox and the fleet
+                // fallback route serves the local copy meanwhile.
+                if let Err(e) = crate::recordings::enqueue_upload(app.delivery.outbox(), &done).await {
+                    error!(error = %e, key = %done.key, "could not persist the recording upload; the local copy stays served");
+                }
+                payload.recording_key = Some(done.key.clone());
+                payload.recording_url = done.url.clone();
+            }
+            Err(e) => error!(error = %e, "recording could not be finished"),
+        }
+    }
     info!(
         disconnected_by = %reason,
         duration_s = format!("{:.2}", summary.duration.as_secs_f64()),
@@ -338,8 +494,27 @@ async fn run_conversation<T: Transport>(
         protocol_errors = d.protocol_errors,
         "call ended"
     );
-    let _ = app.delivery.deliver(payload, d.cfg.webhook_url.clone()).await;
+    // The raw result is durable before the call counts as finished; post-call analysis then
+    // runs off the call's critical path (the slot is released when this function returns).
+    let webhook = d.cfg.webhook_url.clone();
+    let staged = app.delivery.stage(&payload, webhook.as_deref()).await;
+    if d.bot_hung_up {
+        d.ws.linger_for_peer_hangup().await;
+    }
     d.ws.close(1000, "call ended").await;
+    let (postcall, delivery, cfg) = (app.postcall.clone(), app.delivery.clone(), d.cfg.clone());
+    tokio::spawn(
+        async move {
+            let payload = postcall.process(&cfg, &summary, &record, payload).await;
+            if let Some(entry) = crate::postcall::nxlink::outbox_entry(&cfg, &payload) {
+                if let Err(e) = delivery.outbox().enqueue(entry).await {
+                    error!(error = %e, "could not persist the NXLink callback");
+                }
+            }
+            delivery.complete(staged, payload, webhook).await;
+        }
+        .in_current_span(),
+    );
 }
 
 fn engine_config(cfg: &BotConfig, rate: u32) -> EngineConfig {
@@ -348,6 +523,8 @@ fn engine_config(cfg: &BotConfig, rate: u32) -> EngineConfig {
     e.min_words_interruption = cfg.min_words_interruption;
     e.max_call_duration = Duration::from_secs(cfg.max_call_duration_seconds);
     e.vad_stop_hangover = Duration::from_secs_f32(vad_settings(cfg).stop_secs.max(0.0));
+    // Wake-ups are coalesced to 40 ms (see PLAYOUT_COALESCE), so the lead must cover that.
+    e.playout_lead = Duration::from_millis(80);
     e
 }
 
@@ -437,17 +614,27 @@ impl<T: Transport> Driver<'_, T> {
         rx
     }
 
-    async fn run(
-        &mut self,
-        mut stt_rx: Option<mpsc::Receiver<SttEvent>>,
-        mut tts_rx: Option<mpsc::Receiver<TtsEvent>>,
-    ) {
+    async fn run(&mut self, mut stt_rx: Option<mpsc::Receiver<SttEvent>>, mut tts_rx: Option<mpsc::Receiver<TtsEvent>>) {
         let idle = self.app.settings.inbound_idle_timeout();
         let mut last_inbound = tokio::time::Instant::now();
+        let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
+        // Both timers live across iterations and are only re-armed when their deadline moves:
+        // re-creating a Sleep per loop turn re-registers it in the timer wheel 50+ times a second.
+        let engine_timer = tokio::time::sleep_until(far());
+        let idle_timer = tokio::time::sleep_until(last_inbound + idle);
+        tokio::pin!(engine_timer, idle_timer);
+        let mut last_engine_wake = tokio::time::Instant::now();
         self.perform().await;
         while !self.engine.is_ended() {
-            let timer = self.engine.poll_timeout().map(|d| tokio::time::Instant::from_std(self.t0 + d));
-            let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+            let want = self.engine.poll_timeout().map(|d| tokio::time::Instant::from_std(self.t0 + d));
+            let want = want.map(|t| t.max(last_engine_wake + PLAYOUT_COALESCE));
+            match want {
+                Some(t) if t != engine_timer.deadline() => engine_timer.as_mut().reset(t),
+                None if engine_timer.deadline() < tokio::time::Instant::now() + Duration::from_secs(1800) => {
+                    engine_timer.as_mut().reset(far())
+                }
+                _ => {}
+            }
             tokio::select! {
                 msg = self.ws.rx.next() => {
                     last_inbound = tokio::time::Instant::now();
@@ -456,14 +643,21 @@ impl<T: Transport> Driver<'_, T> {
                 ev = recv_opt(&mut stt_rx) => self.on_stt(ev),
                 ev = recv_opt(&mut tts_rx) => self.on_tts(ev),
                 (turn, ev) = next_llm(&mut self.llm) => self.on_llm(turn, ev),
-                _ = tokio::time::sleep_until(timer.unwrap_or(far)) => {
+                _ = &mut engine_timer => {
+                    last_engine_wake = tokio::time::Instant::now();
                     let now = self.now();
                     self.engine.handle_timeout(now);
+                    engine_timer.as_mut().reset(far());
                 }
-                _ = tokio::time::sleep_until(last_inbound + idle) => {
-                    warn!("no frame from the caller for {idle:?}; the client has vanished");
-                    self.extra_events.push(self.event("caller_vanished", json!({"idle_ms": idle.as_millis() as u64})));
-                    self.input(Input::CustomerHangup);
+                _ = &mut idle_timer => {
+                    // Lazily re-armed: frames only move `last_inbound`; the timer checks it here.
+                    if last_inbound + idle > tokio::time::Instant::now() {
+                        idle_timer.as_mut().reset(last_inbound + idle);
+                    } else {
+                        warn!("no frame from the caller for {idle:?}; the client has vanished");
+                        self.extra_events.push(self.event("caller_vanished", json!({"idle_ms": idle.as_millis() as u64})));
+                        self.input(Input::CustomerHangup);
+                    }
                 }
             }
             for input in std::mem::take(&mut self.tool_results) {
@@ -546,12 +740,13 @@ impl<T: Transport> Driver<'_, T> {
         if samples.is_empty() {
             return;
         }
-        if let Some(stt) = &self.stt {
-            if let Err(e) = stt.send_audio(samples) {
-                let provider = e.provider();
-                self.service_failed(Service::Stt, provider, e.to_string());
-                return;
-            }
+        if let Some(rec) = &mut self.rec {
+            rec.customer(samples, self.t0.elapsed());
+        }
+        self.stt_buf.extend_from_slice(samples);
+        let batch = (self.transport.meta().sample_rate as usize * STT_BATCH_MS / 1000).max(1);
+        if self.stt_buf.len() >= batch {
+            self.flush_stt();
         }
         let mut transitions: [Option<VadTransition>; 4] = [None; 4];
         let mut n = 0;
@@ -570,6 +765,22 @@ impl<T: Transport> Driver<'_, T> {
             };
             self.input(input);
         }
+    }
+
+    /// Send buffered caller audio to STT now.
+    fn flush_stt(&mut self) {
+        if self.stt_buf.is_empty() {
+            return;
+        }
+        if let Some(stt) = &self.stt {
+            if let Err(e) = stt.send_audio(&self.stt_buf) {
+                let provider = e.provider();
+                self.stt_buf.clear();
+                self.service_failed(Service::Stt, provider, e.to_string());
+                return;
+            }
+        }
+        self.stt_buf.clear();
     }
 
     fn on_stt(&mut self, ev: Option<SttEvent>) {
@@ -640,8 +851,18 @@ impl<T: Transport> Driver<'_, T> {
     async fn perform(&mut self) {
         while let Some(action) = self.engine.poll_action() {
             match action {
-                Action::PlayAudio { frame } => self.transport.audio(&frame, &mut self.out),
-                Action::ClearAudio => self.transport.clear(&mut self.out),
+                Action::PlayAudio { frame } => {
+                    if let Some(rec) = &mut self.rec {
+                        rec.bot(&frame, self.t0.elapsed());
+                    }
+                    self.transport.audio(&frame, &mut self.out)
+                }
+                Action::ClearAudio => {
+                    if let Some(rec) = &mut self.rec {
+                        rec.bot_cleared(self.t0.elapsed());
+                    }
+                    self.transport.clear(&mut self.out)
+                }
                 Action::Speak { utterance, text } => {
                     self.tts_command(|t| t.speak(&utterance_context(utterance), &text))
                 }
@@ -664,6 +885,7 @@ impl<T: Transport> Driver<'_, T> {
                     }
                 }
                 Action::FinalizeStt => {
+                    self.flush_stt();
                     if let Some(s) = &self.stt {
                         s.finalize();
                     }
@@ -680,20 +902,18 @@ impl<T: Transport> Driver<'_, T> {
                 Action::End { disconnected_by, hang_up } => {
                     if hang_up {
                         self.transport.hang_up(&mut self.out);
+                        self.bot_hung_up = true;
                     }
                     info!(%disconnected_by, hang_up, "ending call");
                 }
             }
-            if !self.out.is_empty() {
-                let frames: Vec<OutFrame> = self.out.drain(..).collect();
-                for f in frames {
-                    if !self.ws.send(f).await {
-                        if !self.engine.is_ended() {
-                            self.input(Input::CustomerHangup);
-                        }
-                        break;
-                    }
-                }
+        }
+        if !self.out.is_empty() {
+            let frames: Vec<OutFrame> = self.out.drain(..).collect();
+            if !self.ws.send_all(frames).await && !self.engine.is_ended() {
+                self.input(Input::CustomerHangup);
+                Box::pin(self.perform()).await;
+                return;
             }
         }
         // Tool results produced while performing are fed on the next loop turn.

@@ -14,6 +14,8 @@ pub mod recordings;
 pub mod results;
 pub mod settings;
 pub mod tracker;
+pub mod transport_routes;
+pub mod transports;
 
 use std::time::Duration;
 
@@ -50,6 +52,15 @@ pub async fn serve(
     let outbox = state.delivery.outbox().clone();
     let outbox_stop = tokio_util::sync::CancellationToken::new();
     let outbox_task = outbox.start(outbox_stop.clone());
+    // Recordings: register the uploader, repair what a crash left, start retention — before
+    // any call (a live call's file is also `.part`).
+    let (_uploader, sweeper) = recordings::start_services(&state.settings, &outbox, outbox_stop.clone())
+        .await
+        .map_err(|e| anyhow_free::Error::Storage(e.to_string()))?;
+    let recovered = state.delivery.recover_staged().await;
+    if recovered > 0 {
+        warn!(recovered, "delivered results staged before the last stop");
+    }
     let addr = listener.local_addr()?;
     let stats = outbox.stats();
     info!(%addr, max_calls = tracker.max(), %mode, outbox_pending = stats.pending, outbox_dead = stats.dead, "cxb-core listening");
@@ -74,6 +85,7 @@ pub async fn serve(
     let _ = outbox.wait_idle(Duration::from_secs(2)).await;
     outbox_stop.cancel();
     let _ = outbox_task.await;
+    let _ = sweeper.await;
     Ok(())
 }
 
@@ -105,5 +117,7 @@ pub mod anyhow_free {
         Io(#[from] std::io::Error),
         #[error("outbox: {0}")]
         Outbox(#[from] cxb_delivery::OutboxError),
+        #[error("recording storage: {0}")]
+        Storage(String),
     }
 }

@@ -105,6 +105,9 @@ pub struct Settings {
     #[command(flatten)]
     pub postcall: crate::postcall::PostCallSettings,
 
+    #[command(flatten)]
+    pub telephony: crate::transports::TelephonySettings,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }

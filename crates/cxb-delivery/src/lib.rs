@@ -1,10 +1,12 @@
 //! Durable delivery for cxb-core: the outbox that makes call results, Agent
 //! Desk handoff requests and recording uploads survive crashes and receiver
-//! outages. See [`outbox`].
+//! outages. See [`outbox`]; recording uploads to S3-compatible storage and local
+//! retention are in [`storage`].
 
 #![deny(unsafe_code)]
 
 pub mod outbox;
+pub mod storage;
 
 pub use outbox::{
     Deliverer, Entry, EntryDetail, EntryId, EntrySummary, HttpBody, HttpTarget, NewEntry, Outbox, OutboxConfig,

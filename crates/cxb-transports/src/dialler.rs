@@ -60,6 +60,7 @@ impl Dialler {
             caller_id: self.meta.caller_id.clone(),
             did: self.meta.did.clone(),
             call_direction: self.meta.call_direction.clone(),
+            ..Default::default()
         };
     }
 }
@@ -75,6 +76,10 @@ fn str_field(m: &serde_json::Map<String, serde_json::Value>, k: &str) -> Option<
 impl Transport for Dialler {
     fn name(&self) -> &'static str {
         "websocket"
+    }
+
+    fn supports_transfer(&self) -> bool {
+        true
     }
 
     fn handshake_text(&mut self, text: &str) -> Result<HandshakeStep, ProtocolError> {

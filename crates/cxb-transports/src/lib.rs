@@ -4,10 +4,19 @@
 //! nothing in the engine or the driver changes.
 
 pub mod dialler;
+pub mod exotel;
+pub mod g711;
+pub mod media;
+pub mod plivo;
+pub mod resample;
+pub mod telnyx;
+pub mod twilio;
+pub mod vonage;
 
 use serde_json::{Map, Value};
 
-/// A frame to put on the wire.
+/// A frame to put on the wire — or, for providers whose hang-up is a REST call, a request
+/// the driver performs (bounded, logged; its failure never blocks the call's end).
 #[derive(Debug, Clone, PartialEq)]
 pub enum OutFrame {
     Text(String),
@@ -17,6 +26,16 @@ pub enum OutFrame {
         code: u16,
         reason: String,
     },
+    Http(HttpRequest),
+}
+
+/// An out-of-band HTTP request (Twilio/Telnyx/Plivo hang-up, ...).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpRequest {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<String>,
 }
 
 /// What an inbound frame meant, once the call is running.
@@ -70,9 +89,22 @@ pub enum ProtocolError {
 }
 
 /// The interface every telephony protocol implements.
-pub trait Transport: Send {
+pub trait Transport: Send + Sync {
     /// Short name for logs, metrics and the result's `transport` field.
     fn name(&self) -> &'static str;
+    /// The call's bot config, once fetched (credentials for REST primitives, options).
+    fn on_config(&mut self, cfg: &cxb_wire::BotConfig) {
+        let _ = cfg;
+    }
+    /// When the config cannot be had, does this transport record a result (and with which
+    /// `disconnected_by`) instead of only refusing? Exotel records `outside_hours`.
+    fn config_failure_result(&self) -> Option<cxb_wire::DisconnectedBy> {
+        None
+    }
+    /// May the bot transfer calls on this transport? (Decides whether the transfer tool is offered.)
+    fn supports_transfer(&self) -> bool {
+        false
+    }
     /// Feed a handshake frame.
     fn handshake_text(&mut self, text: &str) -> Result<HandshakeStep, ProtocolError>;
     fn meta(&self) -> &CallMeta;
@@ -85,6 +117,12 @@ pub trait Transport: Send {
     }
     /// One 20 ms frame of bot audio. May buffer (protocols with minimum chunk sizes).
     fn audio(&mut self, frame: &[i16], out: &mut Vec<OutFrame>);
+    /// The engine has released the last frame of a bot utterance. Protocols that buffer (Exotel's
+    /// 3.2 KB minimum chunk) flush the remainder here, and protocols with playback marks place
+    /// one (its echo tells the adapter the utterance was really played). Default: nothing.
+    fn utterance_done(&mut self, out: &mut Vec<OutFrame>) {
+        let _ = out;
+    }
     /// Barge-in: drop whatever the far end has queued.
     fn clear(&mut self, out: &mut Vec<OutFrame>);
     /// The bot hangs up.

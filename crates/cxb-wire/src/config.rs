@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -21,45 +22,58 @@ fn default_max_duration() -> u64 {
 }
 
 /// The runtime config for one call.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct BotConfig {
     /// Unique per call; correlates the result with the call skeleton at CXB API.
     pub session_id: String,
     #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<String>")]
     pub bot_id: String,
     /// Results POST target. Absent only in local bot files (embedded default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
     #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<String>")]
     pub system_prompt: String,
     #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<String>")]
     pub opening_message: String,
     #[serde(default = "default_timezone", deserialize_with = "tz_or_default")]
+    #[schemars(with = "Option<String>")]
     pub timezone: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub re_engagement: Option<Value>,
     #[serde(default = "default_min_words", deserialize_with = "min_words_or_default")]
+    #[schemars(with = "Option<u32>")]
     pub min_words_interruption: u32,
     #[serde(default = "default_max_duration", deserialize_with = "max_dur_or_default")]
+    #[schemars(with = "Option<u64>")]
     pub max_call_duration_seconds: u64,
     #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<String>")]
     pub voicemail_message: String,
     #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<String>")]
     pub pre_transfer_message: String,
     /// OpenAI-format function tool definitions (custom HTTP tools).
     #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<Vec<Value>>")]
     pub tools: Vec<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conversation_policy: Option<Value>,
     #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<BTreeMap<String, String>>")]
     pub transfer_numbers: BTreeMap<String, String>,
     #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<Vec<TransferTarget>>")]
     pub transfer_targets: Vec<TransferTarget>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub post_call_analysis_prompt: Option<String>,
     #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<bool>")]
     pub post_call_cache_enabled: bool,
     #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<String>")]
     pub post_call_cache_version: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub post_call_cache: Option<Value>,
@@ -68,17 +82,31 @@ pub struct BotConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_dispositions: Option<BTreeMap<String, AutoDisposition>>,
     #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<bool>")]
     pub callback_detection_enabled: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_parts: Option<Value>,
     #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<SttConfig>")]
     pub stt: SttConfig,
     #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<LlmConfig>")]
     pub llm: LlmConfig,
     #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<TtsConfig>")]
     pub tts: TtsConfig,
     #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<VadConfig>")]
     pub vad: VadConfig,
+    /// Optional second delivery of the result in the NXLink call-record callback shape
+    /// (seed 002; mapping in proto/README.md). Absent or `null`: no second delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nxlink: Option<NxlinkConfig>,
+    /// Credentials and API roots for the telephony REST primitives (Twilio / Telnyx / Plivo
+    /// hang-up). Absent fields fall back to the worker's settings (`TWILIO_*`, `TELNYX_*`,
+    /// `PLIVO_*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telephony: Option<TelephonyConfig>,
 }
 
 fn tz_or_default<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -139,11 +167,13 @@ pub enum ConfigError {
 }
 
 /// `stt` block (contract §4.2).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct SttConfig {
     #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<String>")]
     pub provider: String,
     #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<String>")]
     pub api_key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
@@ -153,17 +183,21 @@ pub struct SttConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
     #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     pub extra: serde_json::Map<String, Value>,
 }
 
 /// `llm` block (contract §4.2).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct LlmConfig {
     #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<String>")]
     pub provider: String,
     #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<String>")]
     pub api_key: String,
     #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<String>")]
     pub model: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f32>,
@@ -173,15 +207,18 @@ pub struct LlmConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
     #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     pub extra: serde_json::Map<String, Value>,
 }
 
 /// `tts` block. Not recovered from the docs; this shape is our decision (documented in proto/).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct TtsConfig {
     #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<String>")]
     pub provider: String,
     #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<String>")]
     pub api_key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
@@ -193,11 +230,12 @@ pub struct TtsConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
     #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     pub extra: serde_json::Map<String, Value>,
 }
 
 /// `vad` block. Every field is optional; `None` means the worker default.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct VadConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confidence: Option<f32>,
@@ -210,21 +248,27 @@ pub struct VadConfig {
 }
 
 /// A configured transfer destination (contract §4.4).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct TransferTarget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<String>")]
     pub label: String,
     #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<String>")]
     pub method: String,
     #[serde(default, rename = "type", deserialize_with = "null_default")]
+    #[schemars(with = "Option<String>")]
     pub kind: String,
     #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<String>")]
     pub value: String,
     #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<bool>")]
     pub is_default: bool,
     #[serde(default = "yes", deserialize_with = "enabled_or_default")]
+    #[schemars(with = "Option<bool>")]
     pub enabled: bool,
 }
 
@@ -236,7 +280,7 @@ fn enabled_or_default<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D:
 }
 
 /// One auto-disposition override: only `DISPOSITION` is required.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct AutoDisposition {
     #[serde(rename = "DISPOSITION")]
     pub disposition: String,
@@ -244,6 +288,134 @@ pub struct AutoDisposition {
     pub sub_disposition: Option<String>,
     #[serde(rename = "CALLING_REMARKS", default, skip_serializing_if = "Option::is_none")]
     pub calling_remarks: Option<String>,
+}
+
+/// Per-bot NXLink peer delivery (seed 002). Every field is optional so a malformed block never
+/// rejects a call; without a `url` (or with `enabled: false`) nothing is sent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct NxlinkConfig {
+    /// Turn the delivery off without removing the block.
+    #[serde(default = "yes", deserialize_with = "enabled_or_default")]
+    #[schemars(with = "Option<bool>")]
+    pub enabled: bool,
+    /// The call-record callback URL (NXLink `callCallbackUrl`).
+    #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<String>")]
+    pub url: String,
+    /// `accessKey` header. Without it (or without `secret`) the request is sent unsigned.
+    #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<String>")]
+    pub access_key: String,
+    /// Access secret used only to compute `sign`; never sent.
+    #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<String>")]
+    pub secret: String,
+    /// `bizType` header; default `"100"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub biz_type: Option<String>,
+    /// `action` header; default `"nxai"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// `taskId` when the call's CRM variables carry none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    /// `autoFlowId` (the NXLink AI Agent id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_flow_id: Option<i64>,
+    /// `autoFlowName`; default the bot id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_flow_name: Option<String>,
+    /// Display names for `attributes[].name`, keyed by CRM variable key (default: the key).
+    #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<BTreeMap<String, String>>")]
+    pub attribute_names: BTreeMap<String, String>,
+}
+
+/// `telephony` block: per-bot credentials for the providers whose hang-up is a REST call.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TelephonyConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub twilio: Option<TwilioConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telnyx: Option<TelnyxConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plivo: Option<PlivoConfig>,
+}
+
+/// Twilio REST credentials: `POST {api_base}/2010-04-01/Accounts/{account_sid}/Calls/{CallSid}.json`
+/// with Basic auth `account_sid:auth_token`. Without `account_sid` the stream's `accountSid` is used.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TwilioConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_sid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_token: Option<String>,
+    /// Default `https://api.twilio.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_base: Option<String>,
+}
+
+/// Telnyx Call Control key: `POST {api_base}/v2/calls/{call_control_id}/actions/hangup`, Bearer auth.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TelnyxConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+    /// Default `https://api.telnyx.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_base: Option<String>,
+}
+
+/// Plivo credentials: `DELETE {api_base}/v1/Account/{auth_id}/Call/{call_id}/`, Basic auth.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PlivoConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_token: Option<String>,
+    /// Default `https://api.plivo.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_base: Option<String>,
+}
+
+fn overlay(dst: &mut Option<String>, src: &Option<String>) {
+    if let Some(v) = src.as_ref().filter(|v| !v.trim().is_empty()) {
+        *dst = Some(v.clone());
+    }
+}
+
+impl TwilioConfig {
+    /// Take every non-empty field of `o` (bot config over worker settings).
+    pub fn overlay(&mut self, o: &TwilioConfig) {
+        overlay(&mut self.account_sid, &o.account_sid);
+        overlay(&mut self.auth_token, &o.auth_token);
+        overlay(&mut self.api_base, &o.api_base);
+    }
+}
+
+impl TelnyxConfig {
+    pub fn overlay(&mut self, o: &TelnyxConfig) {
+        overlay(&mut self.api_key, &o.api_key);
+        overlay(&mut self.api_base, &o.api_base);
+    }
+}
+
+impl PlivoConfig {
+    pub fn overlay(&mut self, o: &PlivoConfig) {
+        overlay(&mut self.auth_id, &o.auth_id);
+        overlay(&mut self.auth_token, &o.auth_token);
+        overlay(&mut self.api_base, &o.api_base);
+    }
+}
+
+/// The JSON Schema (draft 2020-12) of the runtime bot config as this worker reads it.
+/// `null` is accepted wherever a documented default exists.
+pub fn config_schema() -> Value {
+    let generator = schemars::generate::SchemaSettings::draft2020_12().for_deserialize().into_generator();
+    let mut v = generator.into_root_schema_for::<BotConfig>().to_value();
+    if let Value::Object(o) = &mut v {
+        o.insert("$id".into(), Value::String("https://cxbridge.io/schemas/bot-config.schema.json".into()));
+    }
+    v
 }
 
 #[cfg(test)]

@@ -86,6 +86,7 @@ pub enum Speaker {
 
 /// One transcript line: speaker + text + timestamp (contract §5; exact keys are our decision §13.7).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct TranscriptEntry {
     pub speaker: Speaker,
     pub text: String,
@@ -101,6 +102,7 @@ pub struct TranscriptEntry {
 /// One entry of `events`: a typed record with a free-form `data` object (per-type keys in
 /// proto/README.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct CallEvent {
     /// `tool_call`, `custom_tool_result`, `service_error`, `transfer_sent`, `transfer_failed`,
     /// `interruption`, `latency`, ...
@@ -116,6 +118,7 @@ pub struct CallEvent {
 
 /// The results body POSTed to `webhook_url` (contract §5). Absent fields are omitted, never `null`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct CallResultsPayload {
     pub session_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -201,6 +204,7 @@ pub struct CallResultsPayload {
 /// `latency`: per-call averages over the turns in `latency_samples`, in milliseconds. A stage
 /// with no measurement in any turn is omitted.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct LatencySummary {
     /// Number of measured caller turns (= `latency_samples.len()`).
     pub turns: u32,
@@ -227,6 +231,7 @@ pub struct LatencySummary {
 
 /// One `latency_samples` entry: one caller turn → bot response, in milliseconds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct TurnLatency {
     /// 1-based caller turn number.
     pub turn: u32,
@@ -270,6 +275,7 @@ impl LlmPurpose {
 
 /// `usage_metrics`: what the call consumed. Token counts only, never money.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct UsageMetrics {
     /// One entry per purpose that made at least one LLM request (the conversation entry is
     /// always present).
@@ -284,6 +290,7 @@ pub struct UsageMetrics {
 /// Token usage of one purpose, summed over its requests (OpenAI accounting: `prompt_tokens`
 /// includes the cached and cache-written tokens).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct LlmUsageEntry {
     pub purpose: LlmPurpose,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -306,6 +313,7 @@ pub struct LlmUsageEntry {
 /// `llm_cache_summary`: token-only facts about post-call prompt caching, aggregated over the
 /// `post_call` and `qc` usage entries (seed 000). Never money.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct LlmCacheSummary {
     /// `post_call_cache_enabled` of the bot.
     pub enabled: bool,
