@@ -163,7 +163,6 @@ impl Worker {
         Self::start_in(sim, envs, data).await
     }
 
-
     pub async fn start_in(sim: Option<&Sim>, envs: &[(&str, &str)], data: tempfile::TempDir) -> Worker {
         let path = data.path().to_path_buf();
         let mut w = Self::start_at(sim, envs, &path).await;

@@ -84,3 +84,38 @@ async fn the_config_fetch_sends_the_documented_query_and_both_secret_headers() {
     assert_eq!(r["call_direction"], "outgoing");
     assert_eq!(r["connected_event"]["crm_id"], "C42");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elevenlabs_voice_call_and_its_recording_is_served_as_stereo_wav() {
+    let sim = Sim::start(&[]).await;
+    let worker = Worker::start(Some(&sim), &[]).await;
+    let summary = dial(&worker, &sim, "demo-elevenlabs", "assets/sim/scenario-hangup.json", 1).await;
+    assert_eq!(summary["completed"], 1, "{summary:#}\n{}", worker.log_text());
+    let results = sim.wait_results(1, Duration::from_secs(10)).await;
+    let r = &results[0];
+    assert_eq!(r["disconnected_by"], "customer");
+    assert_eq!(by_speaker(r, "bot")[0]["text"], "Hello! This is the CXB demo line. How can I help you today?");
+    // The recording key is in the result and the fleet-fallback route serves it (secret-protected).
+    let key = r["recording_key"].as_str().expect("recording_key");
+    assert!(key.starts_with("recordings/") && key.ends_with(".wav"), "{key}");
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/recordings/{key}", worker.addr);
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 403);
+    let resp = http.get(&url).header("X-CXB-Core-Secret", SECRET).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "audio/wav");
+    let bytes = resp.bytes().await.unwrap();
+    let wav = hound::WavReader::new(std::io::Cursor::new(bytes.to_vec())).expect("a valid WAV");
+    let spec = wav.spec();
+    assert_eq!((spec.channels, spec.sample_rate, spec.bits_per_sample), (2, 8000, 16));
+    let seconds = wav.duration() as f64 / 8000.0;
+    let call = r["call_duration_seconds"].as_f64().unwrap();
+    assert!((seconds - call).abs() < 1.0, "recording {seconds:.2} s vs call {call:.2} s");
+    // Both channels carry audio: the caller's speech (left) and the bot's (right).
+    let samples: Vec<i16> = wav.into_samples::<i16>().map(|s| s.unwrap()).collect();
+    let energy = |ch: usize| samples.iter().skip(ch).step_by(2).map(|s| (*s as f64).powi(2)).sum::<f64>();
+    assert!(energy(0) > 0.0 && energy(1) > 0.0);
+    let range = http.get(&url).header("X-CXB-Core-Secret", SECRET).header("Range", "bytes=0-43").send().await.unwrap();
+    assert_eq!(range.status(), 206);
+    assert_eq!(range.bytes().await.unwrap().len(), 44);
+}

@@ -8,8 +8,11 @@ use cxb_e2e::*;
 use rand::Rng;
 use serde_json::{json, Value};
 
-const FAST_RETRY: &[(&str, &str)] =
-    &[("CXBCORE_OUTBOX_BACKOFF_BASE_MS", "200"), ("CXBCORE_OUTBOX_BACKOFF_MAX_MS", "2000"), ("CXBCORE_OUTBOX_TIMEOUT_MS", "2000")];
+const FAST_RETRY: &[(&str, &str)] = &[
+    ("CXBCORE_OUTBOX_BACKOFF_BASE_MS", "200"),
+    ("CXBCORE_OUTBOX_BACKOFF_MAX_MS", "2000"),
+    ("CXBCORE_OUTBOX_TIMEOUT_MS", "2000"),
+];
 
 async fn pending(worker: &Worker) -> u64 {
     worker.admin("/admin/outbox/stats").await["pending"].as_u64().unwrap_or(0)
@@ -119,7 +122,8 @@ async fn a_full_outbox_keeps_results_locally_and_calls_still_complete() {
     let kept: Vec<_> = std::fs::read_dir(&undelivered).expect("undelivered dir").collect();
     assert!(!kept.is_empty(), "a result the outbox could not take is kept locally");
     for f in kept {
-        let v: Value = serde_json::from_slice(&std::fs::read(f.unwrap().path()).unwrap()).expect("valid JSON, not truncated");
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(f.unwrap().path()).unwrap()).expect("valid JSON, not truncated");
         assert!(v["session_id"].is_string());
     }
     let log = worker.log_text();
@@ -203,7 +207,12 @@ async fn chaos_kill_9_never_loses_a_persisted_result() {
     }
     let missing: Vec<_> = persisted.iter().filter(|s| !counts.contains_key(*s)).collect();
     let duplicates: usize = counts.values().map(|c| c - 1).sum();
-    println!("chaos: {} persisted, {} delivered sessions, {} duplicate deliveries, seed {seed}", persisted.len(), counts.len(), duplicates);
+    println!(
+        "chaos: {} persisted, {} delivered sessions, {} duplicate deliveries, seed {seed}",
+        persisted.len(),
+        counts.len(),
+        duplicates
+    );
     assert!(!persisted.is_empty(), "some calls finished between kills");
     assert!(missing.is_empty(), "persisted but never delivered: {missing:?} (seed {seed})");
 }

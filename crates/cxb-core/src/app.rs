@@ -98,7 +98,12 @@ async fn ws_route(State(app): State<AppState>, Path(bot_id): Path<String>, ws: W
 /// Shared entry of every WebSocket telephony route: validate the bot id, take a CallTracker slot
 /// before anything else (at capacity the upgrade is refused with 429), then upgrade and hand the
 /// socket to the call driver with the route's transport adapter.
-pub fn start_ws_call<T: Transport + 'static>(app: AppState, bot_id: String, ws: WebSocketUpgrade, transport: T) -> Response {
+pub fn start_ws_call<T: Transport + 'static>(
+    app: AppState,
+    bot_id: String,
+    ws: WebSocketUpgrade,
+    transport: T,
+) -> Response {
     if !valid_bot_id(&bot_id) {
         return (StatusCode::NOT_FOUND, Json(json!({"status":"rejected","error":"invalid bot id"}))).into_response();
     }

@@ -197,7 +197,9 @@ fn spawn_http(req: cxb_transports::HttpRequest) {
                 r = r.body(b);
             }
             match r.send().await {
-                Ok(resp) if resp.status().is_success() => info!(url = %req.url, status = resp.status().as_u16(), "transport request done"),
+                Ok(resp) if resp.status().is_success() => {
+                    info!(url = %req.url, status = resp.status().as_u16(), "transport request done")
+                }
                 Ok(resp) => warn!(url = %req.url, status = resp.status().as_u16(), "transport request refused"),
                 Err(e) => warn!(url = %req.url, error = %e, "transport request failed"),
             }
@@ -305,7 +307,11 @@ async fn record_unstarted_call<T: Transport>(app: &AppState, transport: &T, bot_
     };
     let meta = transport.meta().clone();
     let summary = CallSummary {
-        session_id: format!("{}-{}", transport.name(), if meta.stream_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { meta.stream_id.clone() }),
+        session_id: format!(
+            "{}-{}",
+            transport.name(),
+            if meta.stream_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { meta.stream_id.clone() }
+        ),
         bot_id: bot_id.to_string(),
         transport: transport.name(),
         stream_id: meta.stream_id,
@@ -614,7 +620,11 @@ impl<T: Transport> Driver<'_, T> {
         rx
     }
 
-    async fn run(&mut self, mut stt_rx: Option<mpsc::Receiver<SttEvent>>, mut tts_rx: Option<mpsc::Receiver<TtsEvent>>) {
+    async fn run(
+        &mut self,
+        mut stt_rx: Option<mpsc::Receiver<SttEvent>>,
+        mut tts_rx: Option<mpsc::Receiver<TtsEvent>>,
+    ) {
         let idle = self.app.settings.inbound_idle_timeout();
         let mut last_inbound = tokio::time::Instant::now();
         let far = || tokio::time::Instant::now() + Duration::from_secs(3600);

@@ -9,7 +9,6 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-
 use cxb_delivery::{HttpTarget, NewEntry, Outbox, OutboxError};
 use cxb_wire::result::CallEvent;
 use cxb_wire::CallResultsPayload;
@@ -78,7 +77,12 @@ impl ResultDelivery {
     }
 
     /// Deliver the post-processed result, then drop its staging copy.
-    pub async fn complete(&self, staged: Option<PathBuf>, payload: CallResultsPayload, webhook_url: Option<String>) -> Delivered {
+    pub async fn complete(
+        &self,
+        staged: Option<PathBuf>,
+        payload: CallResultsPayload,
+        webhook_url: Option<String>,
+    ) -> Delivered {
         let delivered = self.deliver(payload, webhook_url).await;
         if let (Some(path), false) = (staged, matches!(delivered, Delivered::Lost)) {
             if let Err(e) = tokio::fs::remove_file(&path).await {
@@ -112,7 +116,9 @@ impl ResultDelivery {
                     self.complete(Some(path), s.payload, s.webhook_url).await;
                     n += 1;
                 }
-                Err(err) => error!(error = %err, path = %path.display(), "unreadable staged result left in place for an operator"),
+                Err(err) => {
+                    error!(error = %err, path = %path.display(), "unreadable staged result left in place for an operator")
+                }
             }
         }
         n
