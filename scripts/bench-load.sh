@@ -59,5 +59,19 @@ if s["failed"]:
 PY
   sleep 2
 done
+curl -s http://127.0.0.1:$CORE_PORT/metrics >"$OUT/metrics.txt" || true
+python3 - "$OUT/metrics.txt" <<'PY'
+import sys, re
+b = {}
+for line in open(sys.argv[1]):
+    m = re.match(r'cxb_result_persist_seconds_bucket\{le="([^"]+)"\} (\d+)', line)
+    if m:
+        b[m.group(1)] = int(m.group(2))
+if b:
+    total = b.get("+Inf", 0)
+    within = b.get("0.005", 0)
+    print(f"\nresult persistence at call teardown (fsync'd): {within}/{total} = {100*within/max(total,1):.1f} % within 5 ms; "
+          f"{b.get('0.01',0)}/{total} within 10 ms")
+PY
 echo
 echo "VAD end-of-speech hangover (stop_secs) of the benchmark bot: 0.5 s; injected delays: LLM TTFT 150 ms + TTS TTFB 100 ms (subtracted); STT endpointing 200 ms + 80 ms (overlaps the hangover)."
