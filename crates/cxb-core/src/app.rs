@@ -81,7 +81,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics_route))
         .route("/ws/{bot_id}", get(ws_route))
         .route("/recordings/{*key}", get(crate::recordings::serve_recording))
-        .merge(crate::admin::routes())
+        .merge(crate::admin::routes(state.clone()))
         .merge(crate::transport_routes::routes())
         .with_state(state)
 }
