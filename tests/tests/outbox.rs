@@ -114,16 +114,20 @@ async fn a_full_outbox_keeps_results_locally_and_calls_still_complete() {
     sim.control(json!({"results_status": 503})).await;
     let undelivered = data.path().join("results/undelivered");
     let mut calls = 0;
-    while calls < 8 && std::fs::read_dir(&undelivered).map(|d| d.count()).unwrap_or(0) == 0 {
+    while calls < 8 && finished_files(&undelivered).is_empty() {
         quick_call(&worker, &format!("full-{calls}"), 300).await.expect("call completes");
         calls += 1;
         assert!(worker.wait_idle(Duration::from_secs(5)).await, "slot released");
     }
-    let kept: Vec<_> = std::fs::read_dir(&undelivered).expect("undelivered dir").collect();
+    // The fallback writes `.name.tmp` then renames; wait for a finished file rather than racing the rename.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while finished_files(&undelivered).is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let kept = finished_files(&undelivered);
     assert!(!kept.is_empty(), "a result the outbox could not take is kept locally");
-    for f in kept {
-        let v: Value =
-            serde_json::from_slice(&std::fs::read(f.unwrap().path()).unwrap()).expect("valid JSON, not truncated");
+    for path in kept {
+        let v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).expect("valid JSON, not truncated");
         assert!(v["session_id"].is_string());
     }
     let log = worker.log_text();
@@ -233,4 +237,16 @@ fn strip_ansi(s: &str) -> String {
         }
     }
     out
+}
+
+/// Result files that finished their atomic write (the in-flight `.name.tmp` files are skipped).
+fn finished_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| !n.starts_with('.')))
+                .collect()
+        })
+        .unwrap_or_default()
 }
