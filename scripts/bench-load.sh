@@ -31,8 +31,8 @@ ticks() { awk '{print $14+$15}' /proc/$CORE_PID/stat; }
 rss_kb() { awk '/VmRSS/{print $2}' /proc/$CORE_PID/status; }
 HZ=$(getconf CLK_TCK)
 
-echo "| concurrent calls | completed | failed | worker CPU-s per call-minute | worker RSS (MB) | RSS per call (MB) | latency p50 / p95 / p99 (ms) | minus injected p50 / p95 / p99 (ms) |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| concurrent calls | completed | failed | worker CPU-s per call-minute | worker RSS (MB) | RSS per call (MB) | latency p50 / p95 / p99 (ms) | minus injected p50 / p95 / p99 (ms) | opening after answer minus TTS TTFB p50 / p99 (ms) |"
+echo "|---|---|---|---|---|---|---|---|---|"
 BASE_RSS=$(rss_kb)
 for n in "${LEVELS[@]}"; do
   t0=$(ticks)
@@ -53,7 +53,9 @@ rss = [int(x) for x in open(rssf).read().split() if x.strip().isdigit()]
 peak = max(rss) if rss else base
 lat, adj = s["latency_ms"], s["latency_minus_injected_ms"]
 per_call = (peak - base) / 1024 / max(n, 1)
-print(f"| {n} | {s['completed']} | {s['failed']} | {cpu / max(call_minutes, 1e-9):.4f} | {peak/1024:.1f} | {per_call:.2f} | {lat['p50']:.0f} / {lat['p95']:.0f} / {lat['p99']:.0f} | {adj['p50']:.0f} / {adj['p95']:.0f} / {adj['p99']:.0f} |")
+op = s.get("opening_minus_tts_ttfb_ms") or {}
+opening = f"{op['p50']:.0f} / {op['p99']:.0f}" if op.get("p50") is not None else "n/a"
+print(f"| {n} | {s['completed']} | {s['failed']} | {cpu / max(call_minutes, 1e-9):.4f} | {peak/1024:.1f} | {per_call:.2f} | {lat['p50']:.0f} / {lat['p95']:.0f} / {lat['p99']:.0f} | {adj['p50']:.0f} / {adj['p95']:.0f} / {adj['p99']:.0f} | {opening} |")
 if s["failed"]:
     print("  failures:", s["failure_reasons"], file=sys.stderr)
 PY

@@ -74,6 +74,10 @@ fn assert_three_turn_call(summary: &Value, r: &Value, transport: &str) {
     // Marks are placed at the end of each utterance once the driver reports it; every mark
     // placed must have been echoed (played) or dropped by the barge-in clear.
     assert!(summary["marks_echoed"].as_u64() <= summary["marks_sent"].as_u64(), "{summary:#}");
+    // One mark after each utterance that played to its end: the greeting, the answer to the
+    // second turn and the goodbye (the interrupted answer was cleared before its end).
+    assert!(summary["marks_sent"].as_u64().unwrap() >= 3, "a mark after each utterance: {summary:#}");
+    assert!(summary["marks_echoed"].as_u64().unwrap() >= 2, "the peer echoed played marks: {summary:#}");
     assert_no_nulls(r, "$");
     assert_eq!(r["transport"], transport);
     assert_eq!(r["disconnected_by"], "bot", "{r:#}");

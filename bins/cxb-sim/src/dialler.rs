@@ -267,6 +267,8 @@ pub struct CallReport {
     pub close_hangups: u64,
     /// Most bot audio ever buffered ahead of real time (ms).
     pub max_ahead_ms: f64,
+    /// From the last handshake frame (`answer`) to the first audible bot frame (the greeting).
+    pub opening_ms: Option<f64>,
     /// Connect to end of this call.
     pub call_secs: f64,
 }
@@ -574,6 +576,8 @@ struct Call<'a> {
     pending_latency: Option<(Instant, f64)>,
     /// start of the current barge-in say, until a media-stop is seen
     barge_in_open: Option<Instant>,
+    /// When the handshake finished, until the greeting's first audible frame arrives.
+    answered_at: Option<Instant>,
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -598,6 +602,7 @@ impl<'a> Call<'a> {
             silence_left: 0,
             pending_latency: None,
             barge_in_open: None,
+            answered_at: None,
         }
     }
 
@@ -711,6 +716,11 @@ impl<'a> Call<'a> {
         match ev {
             BotEvent::Media { audible, dur } => {
                 let new_utt = self.bot.on_media(now, audible, dur);
+                if audible {
+                    if let Some(answered) = self.answered_at.take() {
+                        self.rep.opening_ms = Some(now.duration_since(answered).as_secs_f64() * 1000.0);
+                    }
+                }
                 if new_utt {
                     if let Some((end, injected)) = self.pending_latency.take() {
                         let ms = now.duration_since(end).as_secs_f64() * 1000.0;
@@ -846,6 +856,7 @@ async fn drive(_index: usize, call: &mut Call<'_>) -> Result<(), String> {
         send(&mut ws, m).await?;
     }
     let answered = Instant::now();
+    call.answered_at = Some(answered);
     let mut watch = match (call.sess.rest_hangup_id(), &sh.sim_url) {
         (Some((provider, id)), Some(sim)) => Some(AbortOnDrop(tokio::spawn(watch_rest_hangup(
             sh.http.clone(),
@@ -1089,6 +1100,8 @@ pub fn summarize(
     let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
     let mut examples = Vec::new();
     let (mut lat, mut lat_minus, mut injected, mut stop_ms, mut drift) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut opening, mut opening_minus) = (vec![], vec![]);
+    let tts_ttfb = settings.map_or(0.0, |s| s.tts_ttfb_ms as f64);
     let mut totals = [0u64; 8];
     let mut max_lag = 0.0f64;
     let (mut marks_sent, mut marks_echoed, mut rest_hangups, mut close_hangups) = (0u64, 0u64, 0u64, 0u64);
@@ -1111,6 +1124,10 @@ pub fn summarize(
             lat_minus.push(l - inj);
         }
         stop_ms.extend_from_slice(&r.barge_in_stop_ms);
+        if let Some(o) = r.opening_ms {
+            opening.push(o);
+            opening_minus.push(o - tts_ttfb);
+        }
         drift.push(r.audio_drift_ms);
         max_lag = max_lag.max(r.max_send_lag_ms);
         marks_sent += r.marks_sent;
@@ -1158,6 +1175,8 @@ pub fn summarize(
         "injected_ms": (mean_injected * 10.0).round() / 10.0,
         "injected_breakdown": breakdown,
         "latency_minus_injected_ms": Dist::from(&lat_minus),
+        "opening_ms": Dist::from(&opening),
+        "opening_minus_tts_ttfb_ms": Dist::from(&opening_minus),
         "protocol_violations": totals[7],
         "protocol_violation_kinds": kinds,
         "violation_examples": examples,

@@ -207,7 +207,22 @@ pub fn bot_config(state: &SimState, bot_id: &str) -> Value {
     if bot_id != "no-telephony" {
         cfg["telephony"] = crate::telephony_fakes::config_block(&addr);
     }
+    if let Some(overrides) = state.script.bots.get(bot_id) {
+        merge(&mut cfg, &Value::Object(overrides.clone()));
+    }
     cfg
+}
+
+/// Deep merge: objects merge key by key, anything else replaces.
+fn merge(base: &mut Value, over: &Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                merge(b.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
 }
 
 /// Validates a results body the way CXB API's `CallResultsPayload` model would (plus: no nulls).

@@ -13,6 +13,7 @@ pub mod protocols;
 pub mod script;
 pub mod stats;
 pub mod stt_deepgram;
+pub mod stt_flux;
 pub mod telephony_fakes;
 pub mod tts_cartesia;
 pub mod tts_elevenlabs;
@@ -205,6 +206,7 @@ impl SimState {
 pub fn router(state: Arc<SimState>) -> Router {
     Router::new()
         .route("/v1/listen", get(stt_deepgram::handler))
+        .route("/v2/listen", get(stt_flux::handler))
         .route("/v1/chat/completions", post(llm_openai::handler))
         .route("/tts/websocket", get(tts_cartesia::handler))
         .route("/v1/text-to-speech/{voice_id}/stream-input", get(tts_elevenlabs::handler))

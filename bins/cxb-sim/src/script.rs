@@ -21,6 +21,10 @@ pub struct Script {
     /// Text reply when the last message is a tool result.
     #[serde(default = "default_after_tool")]
     pub after_tool_reply: String,
+    /// Per-bot config fields merged over the served config (top-level keys replace), so one
+    /// script can serve bots with transfer targets, custom tools, silence timers, ...
+    #[serde(default)]
+    pub bots: std::collections::BTreeMap<String, serde_json::Map<String, Value>>,
 }
 
 fn default_reply() -> Reply {

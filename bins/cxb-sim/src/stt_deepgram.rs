@@ -34,7 +34,7 @@ pub struct ListenParams {
     pub vad_events: bool,
 }
 
-fn dg_error(status: StatusCode, code: &str, msg: &str, request_id: &str) -> Response {
+pub(crate) fn dg_error(status: StatusCode, code: &str, msg: &str, request_id: &str) -> Response {
     let mut r = (status, Json(json!({"err_code": code, "err_msg": msg, "request_id": request_id}))).into_response();
     if let Ok(v) = HeaderValue::from_str(msg) {
         r.headers_mut().insert("dg-error", v);

@@ -32,6 +32,8 @@ pub struct AppState {
     pub delivery: ResultDelivery,
     pub postcall: crate::postcall::PostCall,
     pub http: reqwest::Client,
+    /// Client for custom HTTP tools: bounded redirects, no https→http downgrade.
+    pub tool_http: reqwest::Client,
     pub metrics: PrometheusHandle,
 }
 
@@ -69,6 +71,7 @@ impl AppState {
             delivery,
             postcall,
             http,
+            tool_http: cxb_tools::default_client().expect("static reqwest settings"),
             metrics,
         })
     }

@@ -390,7 +390,21 @@ struct Driver<'a, T: Transport> {
     rec: Option<crate::recordings::CallRecording>,
     /// The bot sent the transport's hang-up primitive.
     bot_hung_up: bool,
+    /// Playback marks placed and not yet echoed: mark name → engine utterance.
+    marks: std::collections::HashMap<String, u64>,
+    /// The bot's custom HTTP tools.
+    tools: std::sync::Arc<cxb_tools::ToolRegistry>,
+    /// Variables tool templates can use (`{{call.caller_id}}`, connected-event fields, ...).
+    tool_vars: std::sync::Arc<cxb_tools::CallVariables>,
+    /// Tool results from their tasks; bounded: at most a handful of tools run at once.
+    tool_tx: mpsc::Sender<Input>,
+    tool_rx: mpsc::Receiver<Input>,
+    /// Smart-turn mode: the caller's last seconds at 16 kHz, and a resampling scratch buffer.
+    turn_audio: Option<(cxb_turn::TurnAudio, Vec<i16>)>,
 }
+
+/// Marks outstanding at once; older ones are forgotten (their echo then means nothing).
+const MAX_PENDING_MARKS: usize = 64;
 
 async fn run_conversation<T: Transport>(
     app: &AppState,
@@ -404,7 +418,30 @@ async fn run_conversation<T: Transport>(
     let t0 = Instant::now();
     let rate = transport.meta().sample_rate;
     info!(caller_id = %transport.meta().caller_id, stream_id = %transport.meta().stream_id, rate, "call answered");
-    let engine_cfg = engine_config(&cfg, rate);
+    let transfer_transport = if transport.supports_transfer() { "websocket" } else { transport.name() };
+    let (tools, tool_errors) = cxb_tools::ToolRegistry::from_config(&cfg.tools);
+    for e in &tool_errors {
+        warn!(error = %e, "custom tool binding is invalid; the tool will answer with an error");
+    }
+    let mut engine_cfg = engine_config(&cfg, rate, transfer_transport);
+    for t in tools.iter() {
+        let pre = t.pre_message().map(|m| (m.to_string(), t.pre_message_after()));
+        // The engine's own bound sits just past the tool's, so the tool's timeout error wins.
+        let timing = cxb_engine::ToolTiming { timeout: t.timeout() + Duration::from_millis(500), pre_message: pre };
+        engine_cfg.tool_timings.insert(t.name().to_string(), timing);
+    }
+    let tool_vars = tool_variables(&cfg, transport.meta());
+    let smart_turn = cfg.turn.mode.as_deref() == Some("smart_turn") && {
+        let ok = crate::smart_turn::available();
+        if !ok {
+            warn!("turn.mode is smart_turn but the model is unavailable; using VAD + STT turn detection");
+        }
+        ok
+    };
+    if smart_turn {
+        engine_cfg.turn_model_max_wait = Some(Duration::from_secs(3));
+    }
+    let (tool_tx, tool_rx) = mpsc::channel(16);
     let vad_settings = vad_settings(&cfg);
     let mut d = Driver {
         app,
@@ -425,6 +462,12 @@ async fn run_conversation<T: Transport>(
         stt_buf: Vec::with_capacity(2048),
         rec: None,
         bot_hung_up: false,
+        marks: std::collections::HashMap::new(),
+        tools: std::sync::Arc::new(tools),
+        tool_vars: std::sync::Arc::new(tool_vars),
+        tool_tx,
+        tool_rx,
+        turn_audio: smart_turn.then(|| (cxb_turn::TurnAudio::new(Duration::from_millis(500)), Vec::new())),
     };
     d.rec = match crate::recordings::CallRecording::start(&app.settings, &d.cfg.session_id, rate, started_at) {
         Ok(r) => r,
@@ -523,7 +566,31 @@ async fn run_conversation<T: Transport>(
     );
 }
 
-fn engine_config(cfg: &BotConfig, rate: u32) -> EngineConfig {
+/// `{{call.*}}` for tool templates: the call's identity plus every connected-event field.
+fn tool_variables(cfg: &BotConfig, meta: &cxb_transports::CallMeta) -> cxb_tools::CallVariables {
+    let mut v = cxb_tools::CallVariables::new();
+    for (k, val) in &meta.connected_event {
+        match val {
+            serde_json::Value::String(s) => v.insert(k.clone(), s.clone()),
+            serde_json::Value::Number(n) => v.insert(k.clone(), n.to_string()),
+            serde_json::Value::Bool(b) => v.insert(k.clone(), b.to_string()),
+            _ => None,
+        };
+    }
+    v.insert("session_id", cfg.session_id.clone());
+    v.insert("bot_id", cfg.bot_id.clone());
+    v.insert("stream_id", meta.stream_id.clone());
+    v.insert("caller_id", meta.caller_id.clone());
+    v.insert("from_number", meta.caller_id.clone());
+    v.insert("did", meta.did.clone());
+    v.insert("call_direction", meta.call_direction.clone());
+    v
+}
+
+/// The engine's rules for this call: the bot config's values over the documented defaults.
+/// `transport` names the transfer methods the call can use (contract §4.4).
+pub(crate) fn engine_config(cfg: &BotConfig, rate: u32, transport: &str) -> EngineConfig {
+    use cxb_engine::behaviour::PhraseSet;
     let mut e = EngineConfig::new(rate, cfg.system_prompt.clone(), cfg.opening_message.clone());
     e.custom_tools = cfg.tools.clone();
     e.min_words_interruption = cfg.min_words_interruption;
@@ -531,6 +598,64 @@ fn engine_config(cfg: &BotConfig, rate: u32) -> EngineConfig {
     e.vad_stop_hangover = Duration::from_secs_f32(vad_settings(cfg).stop_secs.max(0.0));
     // Wake-ups are coalesced to 40 ms (see PLAYOUT_COALESCE), so the lead must cover that.
     e.playout_lead = Duration::from_millis(80);
+    let millis = |v: Option<u64>, max: u64| v.map(|ms| Duration::from_millis(ms.min(max)));
+    let seconds =
+        |v: Option<f64>| v.filter(|s| s.is_finite() && *s >= 0.0).map(|s| Duration::from_secs_f64(s.min(3600.0)));
+    let i = &cfg.interruption;
+    if let Some(b) = &i.backchannels {
+        e.backchannels = PhraseSet::new(b);
+    }
+    if let Some(h) = &i.high_intent_phrases {
+        e.high_intent = PhraseSet::new(h);
+    }
+    if let Some(g) = millis(i.opening_guard_ms, 10_000) {
+        e.opening_guard = g;
+    }
+    e.pause_on_speech = i.pause_on_speech.unwrap_or(false);
+    if let Some(t) = millis(i.false_interruption_timeout_ms, 10_000) {
+        e.false_interruption_timeout = t;
+    }
+    if let Some(w) = millis(cfg.turn.unfinished_wait_ms, 10_000) {
+        e.unfinished_wait = w;
+    }
+    if let Some(c) = &cfg.closure_phrases {
+        e.closure_phrases = PhraseSet::new(c);
+    }
+    if let Some(t) = seconds(cfg.silence.rnr_seconds) {
+        e.rnr_timeout = t;
+    }
+    if let Some(t) = seconds(cfg.silence.dead_air_seconds) {
+        e.dead_air_timeout = t;
+    }
+    e.dead_air_message = cfg.silence.dead_air_message.clone().unwrap_or_default();
+    e.re_engagement = cfg.re_engagement.as_ref().and_then(cxb_wire::config::ReEngagement::from_value).map(|r| {
+        cxb_engine::ReEngagementRule {
+            after: Duration::from_secs_f64(r.after_seconds),
+            max_attempts: r.max_attempts,
+            messages: r.messages,
+        }
+    });
+    e.voicemail_detection = cfg.voicemail_detection.unwrap_or(true);
+    e.voicemail_message = cfg.voicemail_message.clone();
+    e.transfer = Some(cxb_engine::TransferOptions {
+        targets: cfg.transfer_targets.clone(),
+        numbers: cfg.transfer_numbers.clone(),
+        transport: transport.to_string(),
+        pre_transfer_message: cfg.pre_transfer_message.clone(),
+    });
+    e.filler_phrases = cfg.filler.phrases.iter().filter(|p| !p.trim().is_empty()).cloned().collect();
+    if let Some(t) = millis(cfg.filler.after_ms, 30_000) {
+        e.filler_after = t;
+    }
+    let flux = cfg.stt.model.as_deref().is_some_and(|m| m.starts_with("flux")) || cfg.stt.provider == "deepgram_flux";
+    if flux || cfg.turn.mode.as_deref() == Some("stt") {
+        // The STT's own end-of-turn event closes the turn; VAD silence only bounds the wait.
+        e.stt_final_wait = Duration::from_secs(3);
+    }
+    e.dtmf_send = cfg.dtmf.send_enabled.unwrap_or(false);
+    if let Some(t) = millis(cfg.dtmf.input_timeout_ms, 30_000) {
+        e.dtmf_input_timeout = t;
+    }
     e
 }
 
@@ -598,6 +723,13 @@ impl<T: Transport> Driver<'_, T> {
         }
         let stt_params = providers::stt_params(&self.cfg, &self.app.settings, rate);
         let tts_params = providers::tts_params(&self.cfg, &self.app.settings, rate);
+        info!(
+            stt = %stt_params.provider,
+            stt_model = %stt_params.model,
+            stt_turns = stt::detects_turns(&stt_params),
+            tts = %tts_params.provider,
+            "connecting providers"
+        );
         let (stt_res, tts_res) = tokio::join!(stt::connect(&stt_params), tts::connect(&tts_params));
         let mut rx = (None, None);
         match stt_res {
@@ -653,6 +785,7 @@ impl<T: Transport> Driver<'_, T> {
                 ev = recv_opt(&mut stt_rx) => self.on_stt(ev),
                 ev = recv_opt(&mut tts_rx) => self.on_tts(ev),
                 (turn, ev) = next_llm(&mut self.llm) => self.on_llm(turn, ev),
+                Some(input) = self.tool_rx.recv() => self.input(input),
                 _ = &mut engine_timer => {
                     last_engine_wake = tokio::time::Instant::now();
                     let now = self.now();
@@ -740,8 +873,14 @@ impl<T: Transport> Driver<'_, T> {
                 info!(by = ?by, "caller hung up");
                 self.input(Input::CustomerHangup);
             }
-            Inbound::Mark(name) => debug!(mark = %name, "mark"),
-            Inbound::Dtmf(d) => debug!(digit = %d, "dtmf"),
+            Inbound::Mark(name) => match self.marks.remove(&name) {
+                Some(utterance) => self.input(Input::PlaybackConfirmed { utterance }),
+                None => debug!(mark = %name, "echo of a mark no longer tracked"),
+            },
+            Inbound::Dtmf(digits) => {
+                info!(%digits, "caller pressed keys");
+                self.input(Input::Dtmf { digits });
+            }
             Inbound::Ignored(why) => debug!(why, "ignored frame"),
         }
     }
@@ -758,6 +897,11 @@ impl<T: Transport> Driver<'_, T> {
         if self.stt_buf.len() >= batch {
             self.flush_stt();
         }
+        if let Some((buf, scratch)) = &mut self.turn_audio {
+            scratch.clear();
+            crate::smart_turn::to_16k(samples, self.transport.meta().sample_rate, scratch);
+            buf.push_i16(scratch);
+        }
         let mut transitions: [Option<VadTransition>; 4] = [None; 4];
         let mut n = 0;
         if let Some(vad) = &mut self.vad {
@@ -769,6 +913,9 @@ impl<T: Transport> Driver<'_, T> {
             });
         }
         for t in transitions.into_iter().flatten() {
+            if let (VadTransition::Started, Some((buf, _))) = (t, &mut self.turn_audio) {
+                buf.speech_started();
+            }
             let input = match t {
                 VadTransition::Started => Input::SpeechStarted,
                 VadTransition::Stopped => Input::SpeechStopped,
@@ -900,13 +1047,38 @@ impl<T: Transport> Driver<'_, T> {
                         s.finalize();
                     }
                 }
-                Action::RunTool { call_id, name, .. } => {
-                    // Custom HTTP tool bindings are not configured for this bot: tell the LLM.
-                    warn!(tool = %name, "tool has no HTTP binding");
-                    self.tool_results.push(Input::ToolResult {
-                        call_id,
-                        content: format!("error: the tool {name:?} is not available in this deployment"),
-                        is_error: true,
+                Action::UtteranceDone { utterance } => {
+                    if let Some(mark) = self.transport.utterance_done(&mut self.out) {
+                        if self.marks.len() >= MAX_PENDING_MARKS {
+                            self.marks.clear();
+                        }
+                        self.marks.insert(mark, utterance);
+                    }
+                }
+                Action::Transfer { destination, method, target, reason } => {
+                    info!(%destination, %method, %target, %reason, "transferring the call");
+                    let result = self.transport.transfer(&destination, &reason, &mut self.out);
+                    let input = match result {
+                        // The dialler does not acknowledge reverse-call-transfer: sent is done.
+                        Ok(()) => Input::TransferResult { ok: true, error: None },
+                        Err(e) => {
+                            warn!(error = %e, "transfer failed");
+                            Input::TransferResult { ok: false, error: Some(e.to_string()) }
+                        }
+                    };
+                    self.tool_results.push(input);
+                }
+                Action::RunTool { call_id, name, arguments } => self.run_tool(call_id, name, arguments),
+                Action::PredictTurn => {
+                    let mut audio = Vec::with_capacity(crate::smart_turn::WINDOW_SECS * 16_000);
+                    if let Some((buf, _)) = &self.turn_audio {
+                        buf.copy_to(&mut audio);
+                    }
+                    let tx = self.tool_tx.clone();
+                    tokio::spawn(async move {
+                        // No verdict (model error): treat as complete, the VAD already said stop.
+                        let complete = crate::smart_turn::predict(audio).await.unwrap_or(true);
+                        let _ = tx.send(Input::TurnPrediction { complete }).await;
                     });
                 }
                 Action::End { disconnected_by, hang_up } => {
@@ -933,6 +1105,43 @@ impl<T: Transport> Driver<'_, T> {
             }
             Box::pin(self.perform()).await;
         }
+    }
+
+    /// Run a custom HTTP tool in its own task; its (bounded) result comes back on `tool_rx`.
+    fn run_tool(&mut self, call_id: String, name: String, arguments: String) {
+        if self.tools.get(&name).is_none() {
+            warn!(tool = %name, "the LLM called a tool without a usable HTTP binding");
+            self.tool_results.push(Input::ToolResult {
+                call_id,
+                content: format!("error: the tool {name:?} is not available"),
+                is_error: true,
+            });
+            return;
+        }
+        let (tools, vars, client, tx) =
+            (self.tools.clone(), self.tool_vars.clone(), self.app.tool_http.clone(), self.tool_tx.clone());
+        let span = tracing::Span::current();
+        tokio::spawn(
+            async move {
+                let Some(tool) = tools.get(&name) else { return };
+                let outcome = tool.run(&client, &arguments, &vars).await;
+                let kind = outcome.error.map_or("ok", |k| k.as_str());
+                metrics::counter!("cxb_tool_calls_total", "result" => kind).increment(1);
+                metrics::histogram!("cxb_tool_seconds").record(outcome.elapsed.as_secs_f64());
+                info!(
+                    tool = %name,
+                    status = ?outcome.status,
+                    elapsed_ms = outcome.elapsed.as_millis() as u64,
+                    bytes = outcome.response_bytes,
+                    result = kind,
+                    "tool finished"
+                );
+                let input = Input::ToolResult { call_id, content: outcome.content, is_error: outcome.is_error };
+                // The call may have ended meanwhile; then nobody waits for the result.
+                let _ = tx.send(input).await;
+            }
+            .instrument(span),
+        );
     }
 
     fn tts_command(&mut self, f: impl FnOnce(&TtsHandle) -> Result<(), cxb_providers::ProviderError>) {

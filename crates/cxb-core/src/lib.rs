@@ -13,6 +13,7 @@ pub mod providers;
 pub mod recordings;
 pub mod results;
 pub mod settings;
+pub mod smart_turn;
 pub mod tracker;
 pub mod transport_routes;
 pub mod transports;

@@ -19,21 +19,58 @@
 //! time with a small lead, so a barge-in clear really stops speech and the transcript keeps
 //! only what the caller actually heard.
 
+pub mod behaviour;
+pub mod dtmf;
 mod record;
 pub mod sentences;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
+use cxb_wire::config::TransferTarget;
 use cxb_wire::llm::{ChatMessage, ToolCall, Usage};
 use cxb_wire::result::{DisconnectedBy, Speaker};
+use cxb_wire::transfer::{self, ResolvedTransfer};
 use serde_json::{json, Value};
 
+use behaviour::PhraseSet;
 pub use record::{CallRecord, EventRecord, LatencySample, TranscriptLine};
 use sentences::SentenceSplitter;
 
 /// Name of the built-in tool that ends the call.
 pub const END_CALL_TOOL: &str = "end_call";
+/// Built-in: the LLM heard an answering machine.
+pub const VOICEMAIL_TOOL: &str = "detected_voicemail";
+/// Built-in: hand the caller to a configured transfer target.
+pub const TRANSFER_TOOL: &str = "transfer_call";
+/// Built-in: play DTMF tones to the far end.
+pub const SEND_DTMF_TOOL: &str = "send_dtmf";
+
+/// Silence re-engagement: after `after` of caller silence say the next prompt, up to
+/// `max_attempts` times, before the RNR / dead-air rules apply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReEngagementRule {
+    pub after: Duration,
+    pub max_attempts: u32,
+    pub messages: Vec<String>,
+}
+
+/// What `transfer_call` may reach on this call (contract §4.4 inputs).
+#[derive(Debug, Clone)]
+pub struct TransferOptions {
+    pub targets: Vec<TransferTarget>,
+    pub numbers: BTreeMap<String, String>,
+    /// Transport name for method compatibility (`websocket`, `livekit_sip`, ...).
+    pub transport: String,
+    pub pre_transfer_message: String,
+}
+
+/// A custom tool's own timing: its timeout and a message spoken if it runs long.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolTiming {
+    pub timeout: Duration,
+    pub pre_message: Option<(String, Duration)>,
+}
 
 /// Per-call engine settings, resolved from the bot config and worker defaults.
 #[derive(Debug, Clone)]
@@ -61,6 +98,45 @@ pub struct EngineConfig {
     /// The VAD's end-of-speech hangover: `SpeechStopped` arrives this long after the caller's
     /// last voiced frame. Response latency is measured from the real end of speech.
     pub vad_stop_hangover: Duration,
+    /// Caller words that never interrupt the bot while it holds the floor.
+    pub backchannels: PhraseSet,
+    /// Caller phrases that interrupt at once, past the word minimum and the opening guard.
+    pub high_intent: PhraseSet,
+    /// Bot phrases that end the call once played.
+    pub closure_phrases: PhraseSet,
+    /// Pause bot audio as soon as VAD hears the caller; resume if no words follow within
+    /// `false_interruption_timeout`.
+    pub pause_on_speech: bool,
+    pub false_interruption_timeout: Duration,
+    /// Extra wait before closing a turn that looks mid-number or mid-e-mail.
+    pub unfinished_wait: Duration,
+    pub re_engagement: Option<ReEngagementRule>,
+    /// Caller silent since the call started, this long after the bot stopped → `RNR`.
+    pub rnr_timeout: Duration,
+    /// Caller silent (after having spoken) this long → the bot ends the call.
+    pub dead_air_timeout: Duration,
+    pub dead_air_message: String,
+    /// Offer `detected_voicemail`.
+    pub voicemail_detection: bool,
+    pub voicemail_message: String,
+    /// Offer `transfer_call` (None: the transport cannot transfer or nothing is configured).
+    pub transfer: Option<TransferOptions>,
+    /// How long the transport may take to confirm a transfer.
+    pub transfer_timeout: Duration,
+    /// After a transfer, how long to wait for the transport to drop the leg before leaving.
+    pub transfer_hold: Duration,
+    /// Filler phrases (in turn) when the LLM or a tool is slow; empty: none.
+    pub filler_phrases: Vec<String>,
+    pub filler_after: Duration,
+    /// Per custom tool timeout and pre-message.
+    pub tool_timings: HashMap<String, ToolTiming>,
+    /// Offer `send_dtmf` (in-band tones).
+    pub dtmf_send: bool,
+    /// Keypresses become a caller turn after this long without another key (or on `#`).
+    pub dtmf_input_timeout: Duration,
+    /// Smart-turn mode: at VAD stop, ask a turn model ([`Action::PredictTurn`]) and close the turn
+    /// only when it says complete — or after this long at most.
+    pub turn_model_max_wait: Option<Duration>,
 }
 
 impl EngineConfig {
@@ -80,6 +156,27 @@ impl EngineConfig {
             tts_first_audio_timeout: Duration::from_secs(8),
             tool_timeout: Duration::from_secs(15),
             vad_stop_hangover: Duration::ZERO,
+            backchannels: PhraseSet::new(behaviour::DEFAULT_BACKCHANNELS),
+            high_intent: PhraseSet::new(behaviour::DEFAULT_HIGH_INTENT),
+            closure_phrases: PhraseSet::new(behaviour::DEFAULT_CLOSURE_PHRASES),
+            pause_on_speech: false,
+            false_interruption_timeout: Duration::from_millis(800),
+            unfinished_wait: Duration::from_millis(1500),
+            re_engagement: None,
+            rnr_timeout: Duration::from_secs(15),
+            dead_air_timeout: Duration::from_secs(20),
+            dead_air_message: String::new(),
+            voicemail_detection: true,
+            voicemail_message: String::new(),
+            transfer: None,
+            transfer_timeout: Duration::from_secs(10),
+            transfer_hold: Duration::from_secs(60),
+            filler_phrases: Vec::new(),
+            filler_after: Duration::from_millis(1500),
+            tool_timings: HashMap::new(),
+            dtmf_send: false,
+            dtmf_input_timeout: Duration::from_secs(2),
+            turn_model_max_wait: None,
         }
     }
 
@@ -171,6 +268,23 @@ pub enum Input {
     },
     /// The caller hung up (hangup-call, stop, participant left, or a vanished socket).
     CustomerHangup,
+    /// The caller pressed keys.
+    Dtmf {
+        digits: String,
+    },
+    /// The transport performed (or failed) the transfer asked for by [`Action::Transfer`].
+    TransferResult {
+        ok: bool,
+        error: Option<String>,
+    },
+    /// The far end confirmed it played an utterance to its end (a playback mark came back).
+    PlaybackConfirmed {
+        utterance: u64,
+    },
+    /// The turn model's verdict on the audio up to the last VAD stop.
+    TurnPrediction {
+        complete: bool,
+    },
 }
 
 /// What the driver must do.
@@ -209,6 +323,20 @@ pub enum Action {
         name: String,
         arguments: String,
     },
+    /// The last frame of this utterance has been released: transports with playback marks
+    /// place one (its echo comes back as [`Input::PlaybackConfirmed`]); chunking transports flush.
+    UtteranceDone {
+        utterance: u64,
+    },
+    /// Run the turn model on the caller's audio so far; answer with [`Input::TurnPrediction`].
+    PredictTurn,
+    /// Perform the transport's transfer primitive, then report [`Input::TransferResult`].
+    Transfer {
+        destination: String,
+        method: String,
+        target: String,
+        reason: String,
+    },
     /// The call is over. `hang_up`: the bot ends it, so the transport's hang-up primitive must be
     /// sent; false when the caller already left.
     End {
@@ -221,6 +349,12 @@ pub enum Action {
 enum UtteranceKind {
     Opening,
     Response,
+    /// Filler or a tool's pre-message while the bot thinks.
+    Filler,
+    /// A silence re-engagement prompt.
+    Prompt,
+    /// Voicemail message, transfer announcement, dead-air goodbye, DTMF tones: not interruptible.
+    Final,
 }
 
 #[derive(Debug)]
@@ -239,6 +373,11 @@ struct Utterance {
     words: Vec<WordTime>,
     /// Index into `record.latency` this utterance completes, for the first response audio.
     latency_sample: Option<usize>,
+    interruptible: bool,
+    /// [`Action::UtteranceDone`] was emitted.
+    done_signalled: bool,
+    /// The far end confirmed it played this utterance to its end.
+    confirmed: bool,
 }
 
 impl Utterance {
@@ -257,6 +396,9 @@ impl Utterance {
             first_audio_at: None,
             words: Vec::new(),
             latency_sample: None,
+            interruptible: kind != UtteranceKind::Final,
+            done_signalled: false,
+            confirmed: false,
         }
     }
 
@@ -275,6 +417,7 @@ struct LlmTurn {
     text: String,
     tool_calls: Vec<ToolCall>,
     latency_sample: Option<usize>,
+    filler_spoken: bool,
 }
 
 #[derive(Debug)]
@@ -282,8 +425,12 @@ struct ToolRound {
     assistant_text: Option<String>,
     calls: Vec<ToolCall>,
     results: Vec<Option<String>>,
+    started_at: Duration,
     deadline: Duration,
     latency_sample: Option<usize>,
+    /// Calls whose pre-message (or the filler) has been spoken.
+    announced: Vec<bool>,
+    filler_spoken: bool,
 }
 
 #[derive(Debug, Default)]
@@ -295,6 +442,10 @@ struct UserTurn {
     final_deadline: Option<Duration>,
     finalize_sent: bool,
     end_signalled: bool,
+    /// The close was already postponed once because the words looked unfinished.
+    unfinished_extended: bool,
+    /// Waiting for the turn model's verdict before closing.
+    awaiting_turn_model: bool,
 }
 
 impl UserTurn {
@@ -324,6 +475,29 @@ struct Playout {
     active: bool,
 }
 
+/// Where a `transfer_call` stands.
+#[derive(Debug)]
+enum TransferState {
+    Idle,
+    /// The pre-transfer message is playing; the primitive follows once it has been heard.
+    Announcing {
+        call: ToolCall,
+        resolved: ResolvedTransfer,
+        reason: String,
+    },
+    /// [`Action::Transfer`] is out; waiting for [`Input::TransferResult`].
+    InFlight {
+        call: ToolCall,
+        resolved: ResolvedTransfer,
+        reason: String,
+        deadline: Duration,
+    },
+    /// The transport took the caller; the bot is silent until the leg drops.
+    Done {
+        deadline: Duration,
+    },
+}
+
 /// The conversation state machine for one call.
 #[derive(Debug)]
 pub struct Conversation {
@@ -348,13 +522,40 @@ pub struct Conversation {
     /// Latency sample waiting for its first response audio, with the caller's speech end.
     pending_speech_end: Option<(usize, Duration)>,
     record: CallRecord,
+    /// Since when neither side has held the floor (silence timers).
+    silence_since: Option<Duration>,
+    reengage_attempts: u32,
+    /// Bot audio paused by caller speech that has not (yet) become words.
+    paused_since: Option<Duration>,
+    transfer: TransferState,
+    filler_next: usize,
+    dtmf: String,
+    dtmf_started: Option<Duration>,
+    dtmf_deadline: Option<Duration>,
 }
 
 impl Conversation {
     pub fn new(cfg: EngineConfig) -> Self {
         let mut tools = vec![end_call_tool()];
+        if cfg.voicemail_detection {
+            tools.push(voicemail_tool());
+        }
+        if let Some(t) = &cfg.transfer {
+            if transfer::transfer_available(&t.targets, &t.numbers, &t.transport) {
+                tools.push(transfer_tool(t));
+            }
+        }
+        if cfg.dtmf_send {
+            tools.push(send_dtmf_tool());
+        }
+        let builtin = [END_CALL_TOOL, VOICEMAIL_TOOL, TRANSFER_TOOL, SEND_DTMF_TOOL];
         for t in &cfg.custom_tools {
-            tools.push(normalise_tool(t));
+            let t = normalise_tool(t);
+            let name = t.pointer("/function/name").and_then(Value::as_str).unwrap_or_default();
+            // A custom tool may not shadow a built-in one.
+            if !builtin.contains(&name) {
+                tools.push(t);
+            }
         }
         let messages = vec![ChatMessage::System(cfg.system_prompt.clone())];
         Self {
@@ -376,6 +577,14 @@ impl Conversation {
             turns: 0,
             pending_speech_end: None,
             record: CallRecord::default(),
+            silence_since: None,
+            reengage_attempts: 0,
+            paused_since: None,
+            transfer: TransferState::Idle,
+            filler_next: 0,
+            dtmf: String::new(),
+            dtmf_started: None,
+            dtmf_deadline: None,
         }
     }
 
@@ -418,8 +627,17 @@ impl Conversation {
             Input::ServiceFailed { service, error } => self.fail(now, service, error),
             Input::ToolResult { call_id, content, is_error } => self.on_tool_result(now, call_id, content, is_error),
             Input::CustomerHangup => self.end(now, DisconnectedBy::Customer, false),
+            Input::Dtmf { digits } => self.on_dtmf(now, digits),
+            Input::TransferResult { ok, error } => self.on_transfer_result(now, ok, error),
+            Input::TurnPrediction { complete } => self.on_turn_prediction(now, complete),
+            Input::PlaybackConfirmed { utterance } => {
+                if let Some(u) = self.utterance_mut(utterance) {
+                    u.confirmed = true;
+                }
+            }
         }
         self.pump(now);
+        self.refresh_silence(now);
     }
 
     /// Advance timers to `now`.
@@ -472,7 +690,32 @@ impl Conversation {
             self.fail(now, Service::Tts, error);
             return;
         }
+        if self.dtmf_deadline.is_some_and(|d| now >= d) {
+            self.close_dtmf_turn(now);
+        }
+        if self.paused_since.is_some_and(|p| now >= p + self.cfg.false_interruption_timeout)
+            && word_count(&self.user.text()) == 0
+        {
+            self.resume_after_false_interruption(now);
+        }
+        self.speak_fillers(now);
+        match &self.transfer {
+            TransferState::InFlight { deadline, .. } if now >= *deadline => {
+                let error = format!("no confirmation within {} ms", self.cfg.transfer_timeout.as_millis());
+                self.on_transfer_result(now, false, Some(error));
+            }
+            TransferState::Done { deadline } if now >= *deadline => {
+                // The transport never dropped the leg: leave it to whoever has it now.
+                self.end(now, DisconnectedBy::Bot, false);
+                return;
+            }
+            _ => {}
+        }
+        if self.silence_deadline().is_some_and(|d| now >= d) {
+            self.on_silence(now);
+        }
         self.pump(now);
+        self.refresh_silence(now);
     }
 
     /// The next action to perform, if any.
@@ -501,15 +744,25 @@ impl Conversation {
             }
         }
         consider(self.tool_round.as_ref().map(|r| r.deadline));
+        consider(self.dtmf_deadline);
+        if self.paused_since.is_some() && word_count(&self.user.text()) == 0 {
+            consider(self.paused_since.map(|p| p + self.cfg.false_interruption_timeout));
+        }
+        consider(self.filler_due());
+        match &self.transfer {
+            TransferState::InFlight { deadline, .. } | TransferState::Done { deadline } => consider(Some(*deadline)),
+            _ => {}
+        }
+        consider(self.silence_deadline());
         for u in &self.utterances {
             if !u.cancelled && u.received == 0 {
                 consider(u.text_sent_at.map(|t| t + self.cfg.tts_first_audio_timeout));
             }
         }
-        if self.front_has_audio() {
+        if self.front_has_audio() && self.paused_since.is_none() {
             consider(Some(self.next_frame_due()));
         }
-        if self.end_after_speech.is_some()
+        if self.acts_after_speech()
             && self.playout.active
             && self.utterances.front().is_some_and(Utterance::finished_playing)
         {
@@ -543,7 +796,10 @@ impl Conversation {
 
     /// Is the bot holding the floor (thinking, running a tool, or speaking)?
     pub fn bot_active(&self) -> bool {
-        self.llm.is_some() || self.tool_round.is_some() || self.utterances.iter().any(|u| !u.cancelled)
+        self.llm.is_some()
+            || self.tool_round.is_some()
+            || self.utterances.iter().any(|u| !u.cancelled)
+            || !matches!(self.transfer, TransferState::Idle)
     }
 
     // ----- inputs -----
@@ -569,21 +825,64 @@ impl Conversation {
         self.user.vad_stopped_at = None;
         self.user.final_deadline = None;
         self.user.finalize_sent = false;
+        self.user.unfinished_extended = false;
+        self.user.awaiting_turn_model = false;
         if self.user.started_at.is_none() {
             self.user.started_at = Some(now);
+        }
+        if self.cfg.pause_on_speech
+            && self.paused_since.is_none()
+            && self.playout.active
+            && self.utterances.front().is_some_and(|u| u.interruptible && u.sent > 0)
+            && !self.in_opening_guard(now)
+        {
+            // Stop releasing audio at once; words will decide between barge-in and resuming.
+            self.paused_since = Some(now);
+            self.record.event("bot_paused", now, Value::Null);
+        }
+    }
+
+    fn resume_after_false_interruption(&mut self, now: Duration) {
+        if let Some(since) = self.paused_since.take() {
+            self.record.event("false_interruption", now, json!({"paused_ms": ms(now.saturating_sub(since))}));
         }
     }
 
     fn on_speech_stopped(&mut self, now: Duration) {
         self.vad_speaking = false;
         self.user.vad_stopped_at = Some(now);
+        if let Some(max_wait) = self.cfg.turn_model_max_wait {
+            // Smart turn: the model decides; the wait is bounded either way.
+            self.user.awaiting_turn_model = true;
+            self.user.final_deadline = Some(now + max_wait);
+            self.actions.push_back(Action::PredictTurn);
+            return;
+        }
+        self.close_at_speech_stop(now);
+    }
+
+    fn on_turn_prediction(&mut self, now: Duration, complete: bool) {
+        if !self.user.awaiting_turn_model || self.vad_speaking {
+            return;
+        }
+        self.record.event("turn_prediction", now, json!({"complete": complete}));
+        if complete {
+            self.user.awaiting_turn_model = false;
+            self.close_at_speech_stop(now);
+        }
+        // Incomplete: keep listening until the caller goes on or the bounded wait ends.
+    }
+
+    /// VAD says the caller stopped (and the turn model, if any, agrees): close the turn now, or
+    /// wait a bounded time for the STT to catch up.
+    fn close_at_speech_stop(&mut self, now: Duration) {
         if self.user.is_empty() {
             // Speech with no words yet: wait a bounded time for STT to catch up.
             self.user.final_deadline = Some(now + self.cfg.stt_final_wait);
             return;
         }
         if self.user.interim.trim().is_empty() || self.user.end_signalled {
-            self.close_user_turn(now);
+            self.try_close_user_turn(now);
         } else {
             // Words are still pending as an interim result: ask STT to finalize them now.
             self.request_finalize();
@@ -621,16 +920,68 @@ impl Conversation {
             self.user.end_signalled = true;
         }
         let final_in_hand = is_final && !self.user.finals.is_empty();
-        if final_in_hand && !self.vad_speaking && (self.user.vad_stopped_at.is_some() || speech_final) {
-            self.close_user_turn(now);
+        if final_in_hand
+            && !self.vad_speaking
+            && !self.user.awaiting_turn_model
+            && (self.user.vad_stopped_at.is_some() || speech_final)
+        {
+            self.try_close_user_turn(now);
         }
     }
 
     fn on_utterance_end(&mut self, now: Duration) {
         self.user.end_signalled = true;
-        if !self.vad_speaking && !self.user.is_empty() {
-            self.close_user_turn(now);
+        if !self.vad_speaking && !self.user.is_empty() && !self.user.awaiting_turn_model {
+            self.try_close_user_turn(now);
         }
+    }
+
+    /// Close the caller's turn — unless the words so far look like a number or an e-mail being
+    /// spelled out, in which case wait (once per pause) for the caller to go on.
+    fn try_close_user_turn(&mut self, now: Duration) {
+        if !self.user.unfinished_extended
+            && !self.cfg.unfinished_wait.is_zero()
+            && behaviour::looks_unfinished(&self.user.text())
+        {
+            self.user.unfinished_extended = true;
+            self.user.final_deadline = Some(now + self.cfg.unfinished_wait);
+            return;
+        }
+        self.close_user_turn(now);
+    }
+
+    fn on_dtmf(&mut self, now: Duration, digits: String) {
+        let digits: String =
+            digits.chars().filter(|c| c.is_ascii_digit() || matches!(c, '*' | '#' | 'A'..='D')).collect();
+        if digits.is_empty() {
+            return;
+        }
+        self.record.event("dtmf", now, json!({"digits": digits}));
+        if matches!(self.transfer, TransferState::Idle)
+            && self.utterances.front().is_some_and(|u| u.interruptible && !u.cancelled)
+            && !self.in_opening_guard(now)
+        {
+            // A keypress is deliberate: it interrupts like a high-intent phrase.
+            self.interrupt(now, 0);
+        }
+        self.dtmf_started.get_or_insert(now);
+        self.dtmf.push_str(&digits);
+        if self.dtmf.ends_with('#') || self.dtmf.len() >= 32 {
+            self.close_dtmf_turn(now);
+        } else {
+            self.dtmf_deadline = Some(now + self.cfg.dtmf_input_timeout);
+        }
+    }
+
+    fn close_dtmf_turn(&mut self, now: Duration) {
+        self.dtmf_deadline = None;
+        let digits = std::mem::take(&mut self.dtmf);
+        let started = self.dtmf_started.take().unwrap_or(now);
+        if digits.is_empty() || !matches!(self.transfer, TransferState::Idle) {
+            return;
+        }
+        let text = format!("[DTMF] {digits}");
+        self.take_turn(now, text, started, None);
     }
 
     fn on_llm_token(&mut self, now: Duration, turn: u64, text: String) {
@@ -669,8 +1020,16 @@ impl Conversation {
         let calls = std::mem::take(&mut llm.tool_calls);
         if calls.is_empty() {
             self.flush(llm.utterance);
+            let closing = content
+                .as_deref()
+                .is_some_and(|t| self.cfg.closure_phrases.occurs_in(&behaviour::tokens(behaviour::last_sentence(t))));
             self.messages.push(ChatMessage::Assistant { content, tool_calls: vec![] });
             self.discard_if_silent(llm.utterance);
+            if closing {
+                self.record.event("closure_phrase", now, Value::Null);
+                self.end_after_speech = Some(DisconnectedBy::Bot);
+                self.after_playout_change(now);
+            }
             return;
         }
         for c in &calls {
@@ -701,8 +1060,32 @@ impl Conversation {
         }
         self.flush(llm.utterance);
         self.discard_if_silent(llm.utterance);
+        if let Some(vm) = calls.iter().find(|c| c.name == VOICEMAIL_TOOL) {
+            self.record.event("voicemail_detected", now, Value::Null);
+            self.messages.push(ChatMessage::Assistant { content, tool_calls: vec![vm.clone()] });
+            let message = self.cfg.voicemail_message.trim().to_string();
+            if !message.is_empty() {
+                let id = self.new_utterance(UtteranceKind::Final);
+                self.speak(now, id, &message);
+                self.flush(id);
+            }
+            self.end_after_speech = Some(DisconnectedBy::Voicemail);
+            self.after_playout_change(now);
+            return;
+        }
+        if let Some(i) = calls.iter().position(|c| c.name == TRANSFER_TOOL) {
+            self.start_transfer(now, content, calls, i);
+            return;
+        }
         let n = calls.len();
-        for c in &calls {
+        let mut results = vec![None; n];
+        let mut timeout = Duration::ZERO;
+        for (i, c) in calls.iter().enumerate() {
+            if c.name == SEND_DTMF_TOOL && self.cfg.dtmf_send {
+                results[i] = Some(self.send_dtmf(now, &c.arguments));
+                continue;
+            }
+            timeout = timeout.max(self.cfg.tool_timings.get(&c.name).map_or(self.cfg.tool_timeout, |t| t.timeout));
             self.actions.push_back(Action::RunTool {
                 call_id: c.id.clone(),
                 name: c.name.clone(),
@@ -712,10 +1095,307 @@ impl Conversation {
         self.tool_round = Some(ToolRound {
             assistant_text: content,
             calls,
-            results: vec![None; n],
-            deadline: now + self.cfg.tool_timeout,
+            results,
+            started_at: now,
+            deadline: now + timeout,
             latency_sample: llm.latency_sample,
+            announced: vec![false; n],
+            filler_spoken: false,
         });
+        self.finish_tool_round_if_complete(now);
+    }
+
+    /// `send_dtmf(digits)`: queue in-band tones (not interruptible) and tell the LLM.
+    fn send_dtmf(&mut self, now: Duration, arguments: &str) -> String {
+        let digits = serde_json::from_str::<Value>(arguments)
+            .ok()
+            .and_then(|v| v.get("digits").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or_default();
+        let digits: String = digits.chars().filter(|c| dtmf::is_dtmf(*c)).take(32).collect();
+        if digits.is_empty() {
+            return "error: no valid DTMF digits (0-9, *, #, A-D)".into();
+        }
+        self.record.event("dtmf_sent", now, json!({"digits": digits}));
+        let id = self.new_utterance(UtteranceKind::Final);
+        let pcm = dtmf::tones(&digits, self.cfg.sample_rate);
+        if let Some(u) = self.utterance_mut(id) {
+            u.received = pcm.len();
+            u.audio.extend(pcm);
+            u.flushed = true;
+            u.tts_done = true;
+        }
+        format!("sent DTMF {digits}")
+    }
+
+    // ----- transfers -----
+
+    fn start_transfer(&mut self, now: Duration, content: Option<String>, calls: Vec<ToolCall>, idx: usize) {
+        let call = calls[idx].clone();
+        let args = serde_json::from_str::<Value>(&call.arguments).unwrap_or(Value::Null);
+        let reason = args.get("reason").and_then(Value::as_str).unwrap_or_default().to_string();
+        let requested = args.get("target").and_then(Value::as_str).map(str::to_string);
+        let resolved = match &self.cfg.transfer {
+            Some(o) => transfer::resolve(&o.targets, &o.numbers, &o.transport, requested.as_deref()),
+            None => Err(transfer::TransferTargetError::NotSupported),
+        };
+        self.messages.push(ChatMessage::Assistant { content, tool_calls: calls.clone() });
+        for c in calls.iter().filter(|c| c.id != call.id) {
+            self.messages.push(ChatMessage::Tool {
+                tool_call_id: c.id.clone(),
+                content: "error: not run because the call is being transferred".into(),
+            });
+        }
+        match resolved {
+            Err(e) => {
+                self.record.event(
+                    "transfer_failed",
+                    now,
+                    json!({"reason": reason, "target": requested, "error": e.to_string()}),
+                );
+                self.messages.push(ChatMessage::Tool {
+                    tool_call_id: call.id.clone(),
+                    content: format!("error: TransferTargetError: {e}"),
+                });
+                self.start_llm(now, None);
+            }
+            Ok(resolved) => {
+                let message = self.cfg.transfer.as_ref().map(|o| o.pre_transfer_message.trim().to_string());
+                if let Some(m) = message.filter(|m| !m.is_empty()) {
+                    let id = self.new_utterance(UtteranceKind::Final);
+                    self.speak(now, id, &m);
+                    self.flush(id);
+                }
+                self.transfer = TransferState::Announcing { call, resolved, reason };
+                self.after_playout_change(now);
+            }
+        }
+    }
+
+    fn on_transfer_result(&mut self, now: Duration, ok: bool, error: Option<String>) {
+        let TransferState::InFlight { call, resolved, reason, .. } =
+            std::mem::replace(&mut self.transfer, TransferState::Idle)
+        else {
+            return;
+        };
+        let mut data = json!({
+            "destination": resolved.destination,
+            "target": resolved.target,
+            "reason": reason,
+            "method": resolved.method,
+        });
+        if ok {
+            self.record.event("transfer_sent", now, data);
+            self.messages.push(ChatMessage::Tool {
+                tool_call_id: call.id,
+                content: format!("ok: the caller is being transferred to {}", resolved.target),
+            });
+            self.transfer = TransferState::Done { deadline: now + self.cfg.transfer_hold };
+            return;
+        }
+        let error = error.unwrap_or_else(|| "unknown".into());
+        data["error"] = Value::String(error.clone());
+        self.record.event("transfer_failed", now, data);
+        self.messages
+            .push(ChatMessage::Tool { tool_call_id: call.id, content: format!("error: the transfer failed: {error}") });
+        self.start_llm(now, None);
+    }
+
+    /// Once the pre-transfer message has been heard, perform the transfer.
+    fn transfer_when_announced(&mut self, now: Duration) {
+        if !self.utterances.is_empty() || self.llm.is_some() || self.tool_round.is_some() {
+            return;
+        }
+        if !matches!(self.transfer, TransferState::Announcing { .. }) {
+            return;
+        }
+        let TransferState::Announcing { call, resolved, reason } =
+            std::mem::replace(&mut self.transfer, TransferState::Idle)
+        else {
+            return;
+        };
+        self.actions.push_back(Action::Transfer {
+            destination: resolved.destination.clone(),
+            method: resolved.method.clone(),
+            target: resolved.target.clone(),
+            reason: reason.clone(),
+        });
+        self.transfer = TransferState::InFlight { call, resolved, reason, deadline: now + self.cfg.transfer_timeout };
+    }
+
+    // ----- silence -----
+
+    /// Is nobody holding the floor? Then the silence clock runs.
+    fn refresh_silence(&mut self, now: Duration) {
+        let idle = self.started
+            && self.ended.is_none()
+            && !self.bot_active()
+            && !self.vad_speaking
+            && self.user.started_at.is_none()
+            && self.user.is_empty()
+            && self.dtmf.is_empty()
+            && self.end_after_speech.is_none();
+        if idle {
+            self.silence_since.get_or_insert(now);
+        } else {
+            self.silence_since = None;
+        }
+    }
+
+    fn silence_deadline(&self) -> Option<Duration> {
+        let since = self.silence_since?;
+        if let Some(re) = &self.cfg.re_engagement {
+            if self.reengage_attempts < re.max_attempts {
+                return Some(since + re.after);
+            }
+        }
+        let limit = if self.record.customer_spoke { self.cfg.dead_air_timeout } else { self.cfg.rnr_timeout };
+        (!limit.is_zero()).then_some(since + limit)
+    }
+
+    fn on_silence(&mut self, now: Duration) {
+        let silent_ms = self.silence_since.map(|s| ms(now.saturating_sub(s)));
+        self.silence_since = None;
+        if let Some(re) = self.cfg.re_engagement.clone() {
+            if self.reengage_attempts < re.max_attempts {
+                let i = (self.reengage_attempts as usize).min(re.messages.len().saturating_sub(1));
+                let Some(message) = re.messages.get(i).cloned() else { return };
+                self.reengage_attempts += 1;
+                self.record.event(
+                    "re_engagement",
+                    now,
+                    json!({"attempt": self.reengage_attempts, "message": message, "silence_ms": silent_ms}),
+                );
+                let id = self.new_utterance(UtteranceKind::Prompt);
+                self.speak(now, id, &message);
+                self.flush(id);
+                self.messages.push(ChatMessage::Assistant { content: Some(message), tool_calls: vec![] });
+                return;
+            }
+        }
+        if self.record.customer_spoke {
+            self.record.event("dead_air", now, json!({"silence_ms": silent_ms}));
+            let message = self.cfg.dead_air_message.trim().to_string();
+            if message.is_empty() {
+                self.end(now, DisconnectedBy::Bot, true);
+            } else {
+                let id = self.new_utterance(UtteranceKind::Final);
+                self.speak(now, id, &message);
+                self.flush(id);
+                self.end_after_speech = Some(DisconnectedBy::Bot);
+            }
+        } else {
+            self.record.event("no_response", now, json!({"silence_ms": silent_ms}));
+            self.end(now, DisconnectedBy::Rnr, true);
+        }
+    }
+
+    // ----- fillers -----
+
+    fn filler_due(&self) -> Option<Duration> {
+        let mut due: Option<Duration> = None;
+        let mut consider = |d: Duration| due = Some(due.map_or(d, |x| x.min(d)));
+        let fillers = !self.cfg.filler_phrases.is_empty();
+        if let Some(llm) = &self.llm {
+            if fillers && llm.first_token_at.is_none() && !llm.filler_spoken {
+                consider(llm.started_at + self.cfg.filler_after);
+            }
+        }
+        if let Some(r) = &self.tool_round {
+            for (i, c) in r.calls.iter().enumerate() {
+                if r.results[i].is_none() && !r.announced[i] {
+                    if let Some((_, after)) = self.cfg.tool_timings.get(&c.name).and_then(|t| t.pre_message.as_ref()) {
+                        consider(r.started_at + *after);
+                    }
+                }
+            }
+            if fillers && !r.filler_spoken && r.results.iter().any(Option::is_none) {
+                consider(r.started_at + self.cfg.filler_after);
+            }
+        }
+        due
+    }
+
+    fn next_filler(&mut self) -> String {
+        let phrase = self.cfg.filler_phrases[self.filler_next % self.cfg.filler_phrases.len()].clone();
+        self.filler_next += 1;
+        phrase
+    }
+
+    /// Something audible is queued or playing (no dead air to cover).
+    fn bot_audible(&self) -> bool {
+        self.utterances.iter().any(|u| !u.cancelled && (!u.text.is_empty() || !u.audio.is_empty()))
+    }
+
+    /// Say a tool's pre-message or the filler when the LLM or a tool keeps the caller waiting.
+    fn speak_fillers(&mut self, now: Duration) {
+        if self.filler_due().is_none_or(|d| now < d) {
+            return;
+        }
+        let fillers = !self.cfg.filler_phrases.is_empty();
+        let llm_due = self.llm.as_ref().is_some_and(|l| {
+            fillers && l.first_token_at.is_none() && !l.filler_spoken && now >= l.started_at + self.cfg.filler_after
+        });
+        if llm_due {
+            let audible = self.bot_audible();
+            let llm = self.llm.as_mut().expect("checked");
+            llm.filler_spoken = true;
+            let before = llm.utterance;
+            if !audible {
+                let phrase = self.next_filler();
+                self.record.event("filler", now, json!({"text": phrase, "waiting_for": "llm"}));
+                let id = self.insert_utterance_before(before, UtteranceKind::Filler);
+                self.speak(now, id, &phrase);
+                self.flush(id);
+            }
+        }
+        let Some(round) = self.tool_round.as_ref() else { return };
+        let mut to_say = Vec::new();
+        let mut announced = Vec::new();
+        for (i, c) in round.calls.iter().enumerate() {
+            if round.results[i].is_some() || round.announced[i] {
+                continue;
+            }
+            if let Some((text, after)) = self.cfg.tool_timings.get(&c.name).and_then(|t| t.pre_message.clone()) {
+                if now >= round.started_at + after {
+                    announced.push(i);
+                    to_say.push((text, c.name.clone()));
+                }
+            }
+        }
+        let filler_due = fillers
+            && !round.filler_spoken
+            && to_say.is_empty()
+            && round.results.iter().any(Option::is_none)
+            && now >= round.started_at + self.cfg.filler_after;
+        let audible = self.bot_audible();
+        let round = self.tool_round.as_mut().expect("checked");
+        for i in announced {
+            round.announced[i] = true;
+        }
+        if !to_say.is_empty() || filler_due {
+            round.filler_spoken = true;
+        }
+        if audible {
+            return;
+        }
+        if filler_due {
+            let phrase = self.next_filler();
+            to_say.push((phrase, String::new()));
+        }
+        for (text, tool) in to_say {
+            let kind = if tool.is_empty() { "filler" } else { "tool_pre_message" };
+            self.record.event(kind, now, json!({"text": text, "tool": tool}));
+            let id = self.new_utterance(UtteranceKind::Filler);
+            self.speak(now, id, &text);
+            self.flush(id);
+        }
+    }
+
+    fn insert_utterance_before(&mut self, before: u64, kind: UtteranceKind) -> u64 {
+        let id = self.fresh_id();
+        let pos = self.utterances.iter().position(|u| u.id == before).unwrap_or(self.utterances.len());
+        self.utterances.insert(pos, Utterance::new(id, kind));
+        id
     }
 
     fn on_tool_result(&mut self, now: Duration, call_id: String, content: String, is_error: bool) {
@@ -725,6 +1405,7 @@ impl Conversation {
             return;
         }
         let name = round.calls[i].name.clone();
+        let elapsed_ms = ms(now.saturating_sub(round.started_at));
         round.results[i] = Some(content.clone());
         let mut preview: String = content.chars().take(500).collect();
         if preview.len() < content.len() {
@@ -733,9 +1414,13 @@ impl Conversation {
         self.record.event(
             "custom_tool_result",
             now,
-            json!({"tool_call_id": call_id, "name": name, "is_error": is_error, "result": preview}),
+            json!({"tool_call_id": call_id, "name": name, "is_error": is_error, "result": preview, "elapsed_ms": elapsed_ms}),
         );
-        if round.results.iter().any(Option::is_none) {
+        self.finish_tool_round_if_complete(now);
+    }
+
+    fn finish_tool_round_if_complete(&mut self, now: Duration) {
+        if self.tool_round.as_ref().is_none_or(|r| r.results.iter().any(Option::is_none)) {
             return;
         }
         let Some(round) = self.tool_round.take() else { return };
@@ -766,16 +1451,31 @@ impl Conversation {
 
     /// Barge-in rule: while the bot holds the floor, caller speech of at least
     /// `min_words_interruption` words interrupts it — except during the opening guard.
+    ///
+    /// Backchannels ("haan", "hmm", "okay") never interrupt; high-intent phrases ("wrong number",
+    /// "already paid") interrupt at once, past the word minimum and the opening guard. Nothing
+    /// interrupts a voicemail message, a transfer announcement or DTMF tones.
     fn maybe_interrupt(&mut self, now: Duration) {
-        if !self.bot_active() {
+        if !self.bot_active() || !matches!(self.transfer, TransferState::Idle) {
             return;
         }
-        let words = word_count(&self.user.text());
-        if words < self.cfg.min_words_interruption.max(1) as usize {
+        if self.utterances.front().is_some_and(|u| !u.interruptible && !u.cancelled) {
             return;
         }
-        if self.in_opening_guard(now) {
-            return;
+        let text = self.user.text();
+        let tokens = behaviour::tokens(&text);
+        let words = word_count(&text);
+        let high_intent = self.cfg.high_intent.occurs_in(&tokens);
+        if !high_intent {
+            if self.cfg.backchannels.covers(&tokens) || words < self.cfg.min_words_interruption.max(1) as usize {
+                return;
+            }
+            if self.in_opening_guard(now) {
+                return;
+            }
+        }
+        if high_intent {
+            self.record.event("high_intent", now, json!({"text": text}));
         }
         self.interrupt(now, words);
     }
@@ -792,6 +1492,7 @@ impl Conversation {
     }
 
     fn interrupt(&mut self, now: Duration, words: usize) {
+        self.paused_since = None;
         if let Some(llm) = self.llm.take() {
             self.actions.push_back(Action::CancelLlm { turn: llm.id });
             // The LLM text never reached the caller beyond what was played (handled below).
@@ -811,8 +1512,12 @@ impl Conversation {
             }
             u.cancelled = true;
             if i == 0 && u.sent > 0 {
-                let heard = u.sent.saturating_sub(heard_ahead);
-                let text = heard_text(&u, heard, self.cfg.sample_rate);
+                let heard = if u.confirmed { u.sent } else { u.sent.saturating_sub(heard_ahead) };
+                let text = if u.confirmed && u.finished_playing() {
+                    u.text.clone()
+                } else {
+                    heard_text(&u, heard, self.cfg.sample_rate)
+                };
                 if !u.audio.is_empty() || heard < u.sent || !u.tts_done {
                     cleared = true;
                 }
@@ -861,12 +1566,35 @@ impl Conversation {
         if text.is_empty() {
             return;
         }
-        let words = word_count(&text);
-        if self.bot_active() && words < self.cfg.min_words_interruption.max(1) as usize {
-            // A short utterance while the bot holds the floor (a backchannel) is not a turn.
-            self.record.event("ignored_speech", now, json!({"text": text}));
+        if !matches!(self.transfer, TransferState::Idle) {
+            // The caller is being handed over; the bot no longer answers.
+            self.record.event("ignored_speech", now, json!({"text": text, "why": "transfer"}));
             return;
         }
+        if self.end_after_speech.is_some() && self.utterances.iter().any(|u| !u.cancelled && !u.interruptible) {
+            // A voicemail message or a last goodbye is playing; the call ends after it.
+            self.record.event("ignored_speech", now, json!({"text": text, "why": "ending"}));
+            return;
+        }
+        let words = word_count(&text);
+        let tokens = behaviour::tokens(&text);
+        let high_intent = self.cfg.high_intent.occurs_in(&tokens);
+        if self.bot_active()
+            && !high_intent
+            && (words < self.cfg.min_words_interruption.max(1) as usize || self.cfg.backchannels.covers(&tokens))
+        {
+            // A short utterance or a backchannel while the bot holds the floor is not a turn.
+            self.record.event("ignored_speech", now, json!({"text": text}));
+            self.resume_after_false_interruption(now);
+            return;
+        }
+        self.take_turn(now, text, turn.started_at.unwrap_or(now), turn.vad_stopped_at);
+    }
+
+    /// The caller's words (or keypresses) become a turn the LLM answers.
+    fn take_turn(&mut self, now: Duration, text: String, started: Duration, vad_stopped_at: Option<Duration>) {
+        self.paused_since = None;
+        self.reengage_attempts = 0;
         if self.bot_active() {
             // Enough words but the interruption was blocked (opening guard): the caller still
             // gets an answer once the bot finishes; cancel only pending thinking.
@@ -875,7 +1603,6 @@ impl Conversation {
             }
         }
         self.record.customer_spoke = true;
-        let started = turn.started_at.unwrap_or(now);
         self.record.transcript.push(TranscriptLine {
             speaker: Speaker::Customer,
             text: text.clone(),
@@ -890,8 +1617,8 @@ impl Conversation {
             _ => self.messages.push(ChatMessage::User(text)),
         }
         self.turns += 1;
-        let vad_stop = turn.vad_stopped_at.unwrap_or(now);
-        let speech_end = match turn.vad_stopped_at {
+        let vad_stop = vad_stopped_at.unwrap_or(now);
+        let speech_end = match vad_stopped_at {
             Some(t) => t.saturating_sub(self.cfg.vad_stop_hangover),
             None => now,
         };
@@ -927,6 +1654,7 @@ impl Conversation {
             text: String::new(),
             tool_calls: vec![],
             latency_sample,
+            filler_spoken: false,
         });
     }
 
@@ -1025,7 +1753,7 @@ impl Conversation {
         }
         let frame = self.cfg.frame_samples();
         loop {
-            if !self.front_has_audio() {
+            if !self.front_has_audio() || self.paused_since.is_some() {
                 break;
             }
             if self.playout.active {
@@ -1073,8 +1801,15 @@ impl Conversation {
             if !front.finished_playing() {
                 break;
             }
+            if front.sent > 0 && !front.done_signalled {
+                let id = front.id;
+                self.actions.push_back(Action::UtteranceDone { utterance: id });
+                if let Some(u) = self.utterances.front_mut() {
+                    u.done_signalled = true;
+                }
+            }
             // Played in full — but the tail is only heard once real time catches up.
-            if self.samples_ahead(now) > 0 && self.utterances.len() == 1 && self.end_after_speech.is_some() {
+            if self.samples_ahead(now) > 0 && self.utterances.len() == 1 && self.acts_after_speech() {
                 break;
             }
             let u = self.utterances.pop_front().expect("front exists");
@@ -1095,9 +1830,16 @@ impl Conversation {
             if self.llm.is_none() && self.tool_round.is_none() {
                 if let Some(reason) = self.end_after_speech.take() {
                     self.end(now, reason, true);
+                    return;
                 }
             }
+            self.transfer_when_announced(now);
         }
+    }
+
+    /// Something (hang-up, transfer) must wait until the caller has heard the last word.
+    fn acts_after_speech(&self) -> bool {
+        self.end_after_speech.is_some() || matches!(self.transfer, TransferState::Announcing { .. })
     }
 
     fn fail(&mut self, now: Duration, service: Service, error: String) {
@@ -1117,7 +1859,7 @@ impl Conversation {
         let drained: Vec<Utterance> = self.utterances.drain(..).collect();
         for (i, u) in drained.into_iter().enumerate() {
             if i == 0 && u.sent > 0 && !u.cancelled {
-                let heard = u.sent.saturating_sub(ahead);
+                let heard = if u.confirmed { u.sent } else { u.sent.saturating_sub(ahead) };
                 let complete = u.finished_playing() && heard >= u.sent;
                 let text = if complete { u.text.clone() } else { heard_text(&u, heard, self.cfg.sample_rate) };
                 if !text.is_empty() {
@@ -1190,17 +1932,72 @@ fn end_call_tool() -> Value {
     })
 }
 
-/// Accept both `{"type":"function","function":{...}}` and a bare `{"name":..,"parameters":..}`.
-fn normalise_tool(t: &Value) -> Value {
-    if t.get("function").is_some() {
-        let mut t = t.clone();
-        if let Some(o) = t.as_object_mut() {
-            o.insert("type".into(), Value::String("function".into()));
+fn voicemail_tool() -> Value {
+    json!({
+        "type": "function",
+        "function": {
+            "name": VOICEMAIL_TOOL,
+            "description": "Call this when you reach an answering machine or voicemail greeting instead of a person.",
+            "parameters": {"type": "object", "properties": {}, "required": []}
         }
-        t
-    } else {
-        json!({"type": "function", "function": t})
-    }
+    })
+}
+
+fn transfer_tool(opts: &TransferOptions) -> Value {
+    let mut names: Vec<String> =
+        transfer::usable_targets(&opts.targets, &opts.transport).iter().map(|t| t.label.clone()).collect();
+    names.extend(opts.numbers.keys().cloned());
+    names.retain(|n| !n.trim().is_empty());
+    json!({
+        "type": "function",
+        "function": {
+            "name": TRANSFER_TOOL,
+            "description": format!(
+                "Transfer the caller to a human or another department. Available targets: {}.",
+                if names.is_empty() { "the default".to_string() } else { names.join(", ") }
+            ),
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "reason": {"type": "string", "description": "Why the caller is being transferred."},
+                    "target": {"type": "string", "description": "Target label; omit for the default."}
+                },
+                "required": ["reason"]
+            }
+        }
+    })
+}
+
+fn send_dtmf_tool() -> Value {
+    json!({
+        "type": "function",
+        "function": {
+            "name": SEND_DTMF_TOOL,
+            "description": "Press keys on the phone keypad (for IVR menus).",
+            "parameters": {
+                "type": "object",
+                "properties": {"digits": {"type": "string", "description": "Keys to press: 0-9, *, #."}},
+                "required": ["digits"]
+            }
+        }
+    })
+}
+
+/// Accept both `{"type":"function","function":{...}}` and a bare `{"name":..,"parameters":..}`,
+/// keeping only what the LLM may see (an HTTP binding's URL and headers stay private).
+fn normalise_tool(t: &Value) -> Value {
+    let function = match t.get("function") {
+        Some(f) => f.clone(),
+        None => {
+            let mut f = t.clone();
+            if let Some(o) = f.as_object_mut() {
+                o.remove("http");
+                o.remove("type");
+            }
+            f
+        }
+    };
+    json!({"type": "function", "function": function})
 }
 
 #[cfg(test)]

@@ -18,6 +18,10 @@ struct Sim {
     /// Reply per LLM request, in order; `None` = stall.
     llm_script: VecDeque<Option<Reply>>,
     tts_stall: bool,
+    /// How the transport answers a transfer: `None` = never.
+    transfer_reply: Option<Result<(), String>>,
+    /// Custom tools answer after this delay with this content; `None` = never.
+    tool_reply: Option<(Duration, &'static str)>,
 }
 
 #[derive(Clone)]
@@ -46,6 +50,8 @@ impl Sim {
             llm_delay: Duration::from_millis(200),
             llm_script: VecDeque::new(),
             tts_stall: false,
+            transfer_reply: Some(Ok(())),
+            tool_reply: None,
         }
     }
 
@@ -105,6 +111,21 @@ impl Sim {
                         cache_write_tokens: 0,
                     };
                     self.at(t, Input::LlmDone { turn: *turn, usage: Some(usage) });
+                }
+            }
+            Action::Transfer { .. } => {
+                if let Some(r) = self.transfer_reply.clone() {
+                    let t = self.now + Duration::from_millis(50);
+                    self.at(t, Input::TransferResult { ok: r.is_ok(), error: r.err() });
+                }
+            }
+            Action::RunTool { call_id, .. } => {
+                if let Some((delay, content)) = self.tool_reply {
+                    let t = self.now + delay;
+                    self.at(
+                        t,
+                        Input::ToolResult { call_id: call_id.clone(), content: content.into(), is_error: false },
+                    );
                 }
             }
             _ => {}
@@ -365,6 +386,7 @@ fn customer_hangup_ends_without_a_hangup_primitive() {
 fn max_call_duration_ends_the_call_as_timeout() {
     let mut c = cfg();
     c.max_call_duration = secs(30.0);
+    c.rnr_timeout = Duration::ZERO;
     let mut sim = Sim::new(c);
     sim.input(Input::Start);
     sim.advance(secs(29.9));
@@ -491,7 +513,9 @@ fn noise_that_never_becomes_words_is_dropped_after_a_bounded_wait() {
     sim.input(Input::SpeechStopped);
     sim.advance(secs(2.0));
     assert_eq!(sim.count(|a| matches!(a, Action::StartLlm { .. })), 0);
-    assert!(sim.conv.poll_timeout().is_some_and(|t| t > secs(100.0)), "only the max-duration timer is left");
+    // Only the silence clock is left: the noise did not count as the caller speaking, and the
+    // clock restarted when it was dropped (at 3.4 + 1.0 s).
+    assert_eq!(sim.conv.poll_timeout(), Some(secs(4.4) + sim.conv.cfg.rnr_timeout));
 }
 
 #[test]
@@ -499,6 +523,8 @@ fn word_count_ignores_punctuation_only_tokens() {
     assert_eq!(word_count("uh - okay , fine"), 3);
     assert_eq!(word_count("  "), 0);
 }
+
+mod behaviour_scenarios;
 
 mod property {
     use super::*;
@@ -527,6 +553,15 @@ mod property {
             turn.clone().prop_map(|utterance| Input::TtsDone { utterance }),
             Just(Input::ToolResult { call_id: "c".into(), content: "x".into(), is_error: false }),
             Just(Input::CustomerHangup),
+            prop::sample::select(vec!["1", "2#", "*", "x"]).prop_map(|d| Input::Dtmf { digits: d.into() }),
+            any::<bool>().prop_map(|ok| Input::TransferResult { ok, error: None }),
+            turn.clone().prop_map(|utterance| Input::PlaybackConfirmed { utterance }),
+            prop::sample::select(vec!["transfer_call", "detected_voicemail", "send_dtmf", "lookup"]).prop_flat_map(
+                move |name| (0u64..8).prop_map(move |turn| Input::LlmToolCalls {
+                    turn,
+                    calls: vec![ToolCall { id: "c".into(), name: name.into(), arguments: r#"{"digits":"1"}"#.into() }]
+                })
+            ),
         ]
         .prop_flat_map(|i| (0u16..3000, Just(i)))
     }
@@ -537,8 +572,15 @@ mod property {
         /// (forced at max duration at the latest).
         #[test]
         fn any_interleaving_ends_exactly_once(inputs in prop::collection::vec(arb_input(), 0..60)) {
-            let mut c = cfg();
+            // Every rule switched on, so the interleavings reach them all.
+            let mut c = behaviour_scenarios::transfer_cfg();
             c.max_call_duration = secs(120.0);
+            c.pause_on_speech = true;
+            c.dtmf_send = true;
+            c.filler_phrases = vec!["One moment.".into()];
+            c.re_engagement = Some(ReEngagementRule { after: secs(1.0), max_attempts: 2, messages: vec!["Hello?".into()] });
+            c.custom_tools = vec![json!({"name": "lookup", "parameters": {}})];
+            c.tool_timings.insert("lookup".into(), ToolTiming { timeout: secs(2.0), pre_message: Some(("Checking.".into(), secs(0.5))) });
             let mut conv = Conversation::new(c);
             let mut now = Duration::ZERO;
             let mut ends = 0;

@@ -5,6 +5,7 @@
 pub mod error;
 pub mod llm;
 pub mod stt;
+pub mod stt_flux;
 pub mod tts;
 
 pub use error::ProviderError;

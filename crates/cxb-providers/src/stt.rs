@@ -99,10 +99,84 @@ impl SttHandle {
     }
 }
 
-/// Open a streaming STT session.
+/// Open a streaming STT session. A Deepgram `flux-*` model (or provider `deepgram_flux`) opens
+/// the turn-detecting v2 stream, adapted to the same events: `StartOfTurn` → `SpeechStarted`,
+/// `Update` → interim transcript, `EndOfTurn` → final transcript with `speech_final` plus
+/// `UtteranceEnd`, so the STT's own turn decision closes the caller's turn.
 pub async fn connect(params: &SttParams) -> Result<(SttHandle, mpsc::Receiver<SttEvent>), ProviderError> {
     match params.provider.as_str() {
+        "deepgram" if params.model.starts_with("flux") => connect_flux(params).await,
+        "deepgram_flux" => connect_flux(params).await,
         "deepgram" => crate::stt_deepgram::connect(params).await,
         other => Err(ProviderError::Unsupported(other.to_string())),
     }
+}
+
+/// Is this the turn-detecting STT (whose end-of-turn events decide when the caller is done)?
+pub fn detects_turns(params: &SttParams) -> bool {
+    params.provider == "deepgram_flux" || (params.provider == "deepgram" && params.model.starts_with("flux"))
+}
+
+async fn connect_flux(params: &SttParams) -> Result<(SttHandle, mpsc::Receiver<SttEvent>), ProviderError> {
+    use crate::stt_flux::{self, FluxEvent};
+    let (flux, mut flux_rx) = stt_flux::connect(params).await?;
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<SttCommand>(64);
+    let (ev_tx, ev_rx) = mpsc::channel::<SttEvent>(64);
+    let provider = stt_flux::PROVIDER;
+    tokio::spawn(async move {
+        let mut pcm: Vec<i16> = Vec::new();
+        loop {
+            tokio::select! {
+                cmd = cmd_rx.recv() => match cmd {
+                    Some(SttCommand::Audio(bytes)) => {
+                        pcm.clear();
+                        pcm.extend(bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])));
+                        if let Err(e) = flux.send_audio(&pcm) {
+                            let _ = ev_tx.send(SttEvent::Error(e)).await;
+                            return;
+                        }
+                    }
+                    // Flux decides turn ends itself; there is nothing to flush.
+                    Some(SttCommand::Finalize) => {}
+                    Some(SttCommand::Close) | None => flux.close(),
+                },
+                ev = flux_rx.recv() => {
+                    let mapped: Vec<SttEvent> = match ev {
+                        Some(FluxEvent::StartOfTurn(_)) => vec![SttEvent::SpeechStarted],
+                        Some(FluxEvent::Update(t)) if !t.transcript.trim().is_empty() => vec![SttEvent::Transcript(Transcript {
+                            text: t.transcript,
+                            is_final: false,
+                            speech_final: false,
+                            from_finalize: false,
+                            confidence: 1.0,
+                            start: t.audio_window_start,
+                            duration: (t.audio_window_end - t.audio_window_start).max(0.0),
+                        })],
+                        Some(FluxEvent::EndOfTurn(t)) => vec![
+                            SttEvent::Transcript(Transcript {
+                                confidence: t.end_of_turn_confidence,
+                                text: t.transcript,
+                                is_final: true,
+                                speech_final: true,
+                                from_finalize: false,
+                                start: t.audio_window_start,
+                                duration: (t.audio_window_end - t.audio_window_start).max(0.0),
+                            }),
+                            SttEvent::UtteranceEnd,
+                        ],
+                        Some(FluxEvent::Error(e)) => vec![SttEvent::Error(e)],
+                        Some(FluxEvent::Closed) | None => vec![SttEvent::Closed],
+                        Some(_) => vec![],
+                    };
+                    for m in mapped {
+                        let terminal = matches!(m, SttEvent::Error(_) | SttEvent::Closed);
+                        if ev_tx.send(m).await.is_err() || terminal {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    Ok((SttHandle { tx: cmd_tx, provider }, ev_rx))
 }

@@ -278,13 +278,14 @@ impl Transport for Exotel {
         chunker.push(scratch, Self::emit_media(&self.media_out, out));
     }
 
-    fn utterance_done(&mut self, out: &mut Vec<OutFrame>) {
+    fn utterance_done(&mut self, out: &mut Vec<OutFrame>) -> Option<String> {
         if self.hung_up {
-            return;
+            return None;
         }
         self.chunker.flush(Self::emit_media(&self.media_out, out));
         let name = self.marks.place();
-        out.push(media::text(json!({"event": "mark", "stream_sid": self.stream_sid, "mark": {"name": name}})));
+        out.push(media::text(json!({"event": "mark", "stream_sid": self.stream_sid, "mark": {"name": name.clone()}})));
+        Some(name)
     }
 
     fn clear(&mut self, out: &mut Vec<OutFrame>) {

@@ -120,8 +120,10 @@ pub trait Transport: Send + Sync {
     /// The engine has released the last frame of a bot utterance. Protocols that buffer (Exotel's
     /// 3.2 KB minimum chunk) flush the remainder here, and protocols with playback marks place
     /// one (its echo tells the adapter the utterance was really played). Default: nothing.
-    fn utterance_done(&mut self, out: &mut Vec<OutFrame>) {
+    /// Returns the name of the mark placed, if any, so its echo can be matched to the utterance.
+    fn utterance_done(&mut self, out: &mut Vec<OutFrame>) -> Option<String> {
         let _ = out;
+        None
     }
     /// Barge-in: drop whatever the far end has queued.
     fn clear(&mut self, out: &mut Vec<OutFrame>);

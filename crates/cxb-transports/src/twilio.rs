@@ -226,12 +226,13 @@ impl Transport for Twilio {
         out.push(self.media_out.render(&self.scratch));
     }
 
-    fn utterance_done(&mut self, out: &mut Vec<OutFrame>) {
+    fn utterance_done(&mut self, out: &mut Vec<OutFrame>) -> Option<String> {
         if self.hung_up {
-            return;
+            return None;
         }
         let name = self.marks.place();
-        out.push(media::text(json!({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})));
+        out.push(media::text(json!({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name.clone()}})));
+        Some(name)
     }
 
     fn clear(&mut self, out: &mut Vec<OutFrame>) {

@@ -170,13 +170,14 @@ impl Transport for Vonage {
         self.frames.push(&self.scratch, |f| out.push(OutFrame::Binary(f.to_vec())));
     }
 
-    fn utterance_done(&mut self, out: &mut Vec<OutFrame>) {
+    fn utterance_done(&mut self, out: &mut Vec<OutFrame>) -> Option<String> {
         if self.hung_up {
-            return;
+            return None;
         }
         self.frames.flush(|f| out.push(OutFrame::Binary(f.to_vec())));
         let name = self.marks.place();
-        out.push(media::text(json!({"action": "notify", "payload": {"mark": name}})));
+        out.push(media::text(json!({"action": "notify", "payload": {"mark": name.clone()}})));
+        Some(name)
     }
 
     fn clear(&mut self, out: &mut Vec<OutFrame>) {

@@ -107,6 +107,146 @@ pub struct BotConfig {
     /// `PLIVO_*`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telephony: Option<TelephonyConfig>,
+    /// Turn-taking rules (cxb-core extension; every field optional, documented defaults).
+    #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<InterruptionConfig>")]
+    pub interruption: InterruptionConfig,
+    /// Silence rules: RNR and dead-air timers (cxb-core extension).
+    #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<SilenceConfig>")]
+    pub silence: SilenceConfig,
+    /// Turn detection (cxb-core extension).
+    #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<TurnConfig>")]
+    pub turn: TurnConfig,
+    /// Filler phrase spoken when the LLM or a tool is slow (cxb-core extension).
+    #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<FillerConfig>")]
+    pub filler: FillerConfig,
+    /// Phrases that end the call once the bot has said them. `null`/absent: the defaults;
+    /// `[]`: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closure_phrases: Option<Vec<String>>,
+    /// Offer the built-in `detected_voicemail` tool (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voicemail_detection: Option<bool>,
+    /// DTMF input and output (cxb-core extension).
+    #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<DtmfConfig>")]
+    pub dtmf: DtmfConfig,
+}
+
+/// `interruption` block.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct InterruptionConfig {
+    /// Words that never interrupt the bot. `null`: the built-in list ("haan", "hmm", "okay",
+    /// "ji", "uh-huh", "yes", ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backchannels: Option<Vec<String>>,
+    /// Phrases that interrupt at once ("wrong number", "already paid", "agent", "settlement",
+    /// Hindi variants). `null`: the built-in list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub high_intent_phrases: Option<Vec<String>>,
+    /// The opening message cannot be interrupted for this long once it starts playing (1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opening_guard_ms: Option<u64>,
+    /// Pause bot audio as soon as VAD hears the caller, resuming if no words follow (false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_on_speech: Option<bool>,
+    /// With `pause_on_speech`: resume after this long without words (800).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub false_interruption_timeout_ms: Option<u64>,
+}
+
+/// `silence` block.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct SilenceConfig {
+    /// A caller who has not said a word this long after the bot stopped talking → `RNR` (15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rnr_seconds: Option<f64>,
+    /// A caller who spoke earlier but is now silent this long → the bot ends the call (20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_air_seconds: Option<f64>,
+    /// Spoken before a dead-air hang-up (none by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_air_message: Option<String>,
+}
+
+/// `turn` block.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct TurnConfig {
+    /// `vad_stt` (default: VAD stop plus the STT final), `smart_turn` (Smart Turn v3 model,
+    /// needs the `smart-turn` build), or `stt` (the STT's own turn events, Deepgram Flux).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Extra wait when the caller seems to be mid-way through a number or an e-mail (1500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unfinished_wait_ms: Option<u64>,
+}
+
+/// `filler` block.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct FillerConfig {
+    /// Phrases, used in turn. Empty: no filler.
+    #[serde(default, deserialize_with = "null_default")]
+    #[schemars(with = "Option<Vec<String>>")]
+    pub phrases: Vec<String>,
+    /// Say one when the LLM has not answered or a tool has not returned after this long (1500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_ms: Option<u64>,
+}
+
+/// `dtmf` block.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct DtmfConfig {
+    /// Offer the built-in `send_dtmf` tool (in-band tones; default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_enabled: Option<bool>,
+    /// Keypresses end as a caller turn after this long without another key, or on `#` (2000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_timeout_ms: Option<u64>,
+}
+
+/// `re_engagement` block as cxb-core reads it (the original's sub-fields were not recovered).
+/// Parsed leniently from the raw value so an unknown shape from an existing deployment never
+/// rejects a call: unreadable → off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReEngagement {
+    /// Caller silence before each prompt.
+    pub after_seconds: f64,
+    /// Prompts before the silence rules (RNR / dead air) take over.
+    pub max_attempts: u32,
+    /// Prompts, used in turn (the last one repeats).
+    pub messages: Vec<String>,
+}
+
+impl ReEngagement {
+    /// `{"enabled"?: bool, "after_seconds"|"timeout_seconds"|"silence_seconds": n,
+    ///   "max_attempts"|"max_prompts": n, "messages": [..] | "message": ".."}`.
+    pub fn from_value(v: &Value) -> Option<Self> {
+        let o = v.as_object()?;
+        if o.get("enabled").and_then(Value::as_bool) == Some(false) {
+            return None;
+        }
+        let num = |keys: &[&str]| keys.iter().find_map(|k| o.get(*k).and_then(Value::as_f64));
+        let mut messages: Vec<String> = match o.get("messages") {
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+            _ => Vec::new(),
+        };
+        if let Some(m) = o.get("message").and_then(Value::as_str) {
+            messages.push(m.to_string());
+        }
+        messages.retain(|m| !m.trim().is_empty());
+        if messages.is_empty() {
+            return None;
+        }
+        let after_seconds = num(&["after_seconds", "timeout_seconds", "silence_seconds"]).unwrap_or(8.0);
+        let max_attempts = num(&["max_attempts", "max_prompts"]).unwrap_or(2.0);
+        if !(after_seconds.is_finite() && after_seconds > 0.0 && max_attempts.is_finite() && max_attempts >= 1.0) {
+            return None;
+        }
+        Some(Self { after_seconds: after_seconds.min(600.0), max_attempts: max_attempts.min(10.0) as u32, messages })
+    }
 }
 
 fn tz_or_default<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {

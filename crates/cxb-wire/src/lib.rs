@@ -8,6 +8,7 @@ pub mod health;
 pub mod llm;
 pub mod result;
 pub mod serde_util;
+pub mod transfer;
 
 pub use config::BotConfig;
 pub use result::{CallResultsPayload, DisconnectedBy};
