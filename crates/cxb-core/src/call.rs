@@ -399,8 +399,9 @@ struct Driver<'a, T: Transport> {
     /// Tool results from their tasks; bounded: at most a handful of tools run at once.
     tool_tx: mpsc::Sender<Input>,
     tool_rx: mpsc::Receiver<Input>,
-    /// Smart-turn mode: the caller's last seconds at 16 kHz, and a resampling scratch buffer.
-    turn_audio: Option<(cxb_turn::TurnAudio, Vec<i16>)>,
+    /// Smart-turn mode: the caller's last seconds at 16 kHz, the resampler to 16 kHz and its
+    /// output scratch buffer.
+    turn_audio: Option<(cxb_turn::TurnAudio, cxb_transports::resample::Resampler, Vec<i16>)>,
 }
 
 /// Marks outstanding at once; older ones are forgotten (their echo then means nothing).
@@ -467,7 +468,10 @@ async fn run_conversation<T: Transport>(
         tool_vars: std::sync::Arc::new(tool_vars),
         tool_tx,
         tool_rx,
-        turn_audio: smart_turn.then(|| (cxb_turn::TurnAudio::new(Duration::from_millis(500)), Vec::new())),
+        turn_audio: smart_turn.then(|| {
+            let resampler = cxb_transports::resample::Resampler::new(rate, crate::smart_turn::MODEL_RATE);
+            (cxb_turn::TurnAudio::new(Duration::from_millis(500)), resampler, Vec::new())
+        }),
     };
     d.rec = match crate::recordings::CallRecording::start(&app.settings, &d.cfg.session_id, rate, started_at) {
         Ok(r) => r,
@@ -897,9 +901,9 @@ impl<T: Transport> Driver<'_, T> {
         if self.stt_buf.len() >= batch {
             self.flush_stt();
         }
-        if let Some((buf, scratch)) = &mut self.turn_audio {
+        if let Some((buf, resampler, scratch)) = &mut self.turn_audio {
             scratch.clear();
-            crate::smart_turn::to_16k(samples, self.transport.meta().sample_rate, scratch);
+            resampler.process(samples, scratch);
             buf.push_i16(scratch);
         }
         let mut transitions: [Option<VadTransition>; 4] = [None; 4];
@@ -913,7 +917,7 @@ impl<T: Transport> Driver<'_, T> {
             });
         }
         for t in transitions.into_iter().flatten() {
-            if let (VadTransition::Started, Some((buf, _))) = (t, &mut self.turn_audio) {
+            if let (VadTransition::Started, Some((buf, _, _))) = (t, &mut self.turn_audio) {
                 buf.speech_started();
             }
             let input = match t {
@@ -1071,7 +1075,7 @@ impl<T: Transport> Driver<'_, T> {
                 Action::RunTool { call_id, name, arguments } => self.run_tool(call_id, name, arguments),
                 Action::PredictTurn => {
                     let mut audio = Vec::with_capacity(crate::smart_turn::WINDOW_SECS * 16_000);
-                    if let Some((buf, _)) = &self.turn_audio {
+                    if let Some((buf, _, _)) = &self.turn_audio {
                         buf.copy_to(&mut audio);
                     }
                     let tx = self.tool_tx.clone();

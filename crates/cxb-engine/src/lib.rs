@@ -951,8 +951,7 @@ impl Conversation {
     }
 
     fn on_dtmf(&mut self, now: Duration, digits: String) {
-        let digits: String =
-            digits.chars().filter(|c| c.is_ascii_digit() || matches!(c, '*' | '#' | 'A'..='D')).collect();
+        let digits: String = digits.chars().filter(|c| dtmf::is_dtmf(*c)).collect();
         if digits.is_empty() {
             return;
         }

@@ -124,14 +124,11 @@ async fn connect_flux(params: &SttParams) -> Result<(SttHandle, mpsc::Receiver<S
     let (ev_tx, ev_rx) = mpsc::channel::<SttEvent>(64);
     let provider = stt_flux::PROVIDER;
     tokio::spawn(async move {
-        let mut pcm: Vec<i16> = Vec::new();
         loop {
             tokio::select! {
                 cmd = cmd_rx.recv() => match cmd {
                     Some(SttCommand::Audio(bytes)) => {
-                        pcm.clear();
-                        pcm.extend(bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])));
-                        if let Err(e) = flux.send_audio(&pcm) {
+                        if let Err(e) = flux.send_linear16(bytes) {
                             let _ = ev_tx.send(SttEvent::Error(e)).await;
                             return;
                         }

@@ -301,6 +301,12 @@ impl FluxHandle {
         for s in pcm {
             bytes.extend_from_slice(&s.to_le_bytes());
         }
+        self.send_linear16(bytes)
+    }
+
+    /// Queue audio that is already LINEAR16 little-endian (what [`crate::stt::SttHandle`]
+    /// produces), without converting it again. Never blocks.
+    pub fn send_linear16(&self, bytes: Vec<u8>) -> Result<(), ProviderError> {
         self.try_send(Command::Audio(bytes))
     }
 
