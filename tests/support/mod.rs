@@ -4,6 +4,9 @@
 //! The binaries are built by `cargo build --workspace --bins` (the README's test command does
 //! it first); they are found next to the test executable's target directory.
 
+pub mod fake_livekit;
+pub mod livekit_worker;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,7 +1,8 @@
-//! The fake CXB API: runtime config endpoint (contract §3 #1, §4), results receiver (§3 #4, §5)
-//! and the `/sim/*` inspection and control endpoints.
+//! The fake CXB API: runtime config endpoint (contract §3 #1, §4), results receiver (§3 #4, §5),
+//! SIP DID and outbound-trunk lookups (§3 #2, #3), the Agent Desk receiver (§3 #6, §6.7; keys
+//! in docs/agent-desk.md) and the `/sim/*` inspection and control endpoints.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -42,12 +43,39 @@ pub struct ApiStore {
     pub rejections: Vec<Value>,
     pub sessions: HashSet<String>,
     pub duplicates: u64,
+    /// SIP DID and outbound-trunk lookups received (last [`KEPT`]).
+    pub sip_lookups: VecDeque<Value>,
+    /// Agent Desk requests received, accepted or not (last [`KEPT`]).
+    pub agent_desk: VecDeque<Value>,
+    /// Call ids enqueued so far (at most [`KEPT_CALLS`]), to flag duplicate enqueues.
+    pub agent_desk_calls: HashSet<String>,
+    /// Enqueue requests still to answer 503; `None` until first used (then taken from the
+    /// script's `agent_desk.enqueue_503`, so `/sim/reset` re-arms the scripted count).
+    pub agent_desk_enqueue_503: Option<u32>,
+}
+
+/// How many SIP lookups and Agent Desk requests the fake API remembers.
+pub const KEPT: usize = 1000;
+/// How many enqueued call ids are remembered for duplicate detection.
+pub const KEPT_CALLS: usize = 100_000;
+
+fn push_bounded(list: &mut VecDeque<Value>, v: Value) {
+    if list.len() == KEPT {
+        list.pop_front();
+    }
+    list.push_back(v);
 }
 
 pub fn routes() -> Router<Arc<SimState>> {
     Router::new()
         .route("/api/v1/config/{bot_id}", get(config))
         .route("/api/v1/call-results", post(results))
+        .route("/api/v1/sip/lookup", get(sip_lookup))
+        .route("/api/v1/sip/outbound-trunk", get(outbound_trunk))
+        .route("/api/v1/agent-desk/enqueue", post(agent_desk_enqueue))
+        .route("/api/v1/agent-desk/calls/{call_id}/{update}", post(agent_desk_update))
+        .route("/sim/agent-desk", get(list_agent_desk))
+        .route("/sim/sip-lookups", get(list_sip_lookups))
         .route("/sim/config-requests", get(list_config_requests))
         .route("/sim/results", get(list_results))
         .route("/sim/results/{session_id}", get(one_result))
@@ -426,7 +454,8 @@ async fn reset(State(state): State<Arc<SimState>>) -> Json<Value> {
     Json(json!({"status":"ok"}))
 }
 
-/// `POST /sim/control`: `{"results_status":503}`, `{"config_status":500}`, and any latency
+/// `POST /sim/control`: `{"results_status":503}`, `{"config_status":500}`,
+/// `{"agent_desk_enqueue_503":2}` (the next 2 Agent Desk enqueues answer 503), and any latency
 /// setting (`llm_ttft_ms`, ...). Answers with the current control state.
 async fn control(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
     let v: Value = match serde_json::from_slice(&body) {
@@ -456,10 +485,327 @@ async fn control(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
             }
         }
     }
+    if let Some(x) = v.get("agent_desk_enqueue_503") {
+        match x.as_u64().and_then(|n| u32::try_from(n).ok()) {
+            Some(n) => lock(&state.api).agent_desk_enqueue_503 = Some(n),
+            None => return detail(StatusCode::BAD_REQUEST, "agent_desk_enqueue_503 must be a non-negative integer"),
+        }
+    }
     let mut out = state.settings_json();
     out["results_status"] = json!(state.results_status.load(Ordering::Relaxed));
     out["config_status"] = json!(state.config_status.load(Ordering::Relaxed));
+    out["agent_desk_enqueue_503"] = json!(enqueue_503_remaining(&state, &mut lock(&state.api)));
     Json(out).into_response()
+}
+
+fn enqueue_503_remaining(state: &SimState, api: &mut ApiStore) -> u32 {
+    *api.agent_desk_enqueue_503.get_or_insert(state.script.agent_desk.enqueue_503)
+}
+
+/// Consumes one injected enqueue 503, if any are left.
+fn take_injected_503(state: &SimState, api: &mut ApiStore) -> bool {
+    let remaining = enqueue_503_remaining(state, api);
+    if remaining == 0 {
+        return false;
+    }
+    api.agent_desk_enqueue_503 = Some(remaining - 1);
+    true
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIP lookups (contract §3 calls 2 and 3)
+
+fn record_lookup(
+    state: &SimState,
+    mut record: Map<String, Value>,
+    present: Map<String, Value>,
+    secret_ok: bool,
+    status: StatusCode,
+) {
+    record.insert("at".into(), json!(now_rfc3339()));
+    record.insert("secret_headers".into(), Value::Object(present));
+    record.insert("secret_ok".into(), json!(secret_ok));
+    record.insert("status".into(), json!(status.as_u16()));
+    push_bounded(&mut lock(&state.api).sip_lookups, Value::Object(record));
+}
+
+/// `GET /api/v1/sip/lookup?number=`: the bot for a dialed number (script `sip_numbers`).
+async fn sip_lookup(
+    State(state): State<Arc<SimState>>,
+    Query(query): Query<HashMap<String, String>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let (present, secret_ok) = check_secret(&state, &headers);
+    let number = query.get("number").cloned();
+    let mut record = Map::new();
+    record.insert("kind".into(), json!("lookup"));
+    record.insert("number".into(), json!(number.clone().unwrap_or_default()));
+    // The raw query shows encoding bugs: an unencoded `+` arrives as a space in `number`.
+    record.insert("raw_query".into(), json!(uri.query().unwrap_or_default()));
+    let response = if !secret_ok {
+        detail(StatusCode::FORBIDDEN, "invalid or missing secret")
+    } else {
+        match number.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
+            None => detail(StatusCode::UNPROCESSABLE_ENTITY, "query parameter number is required"),
+            Some(n) => match state.script.sip_number(n) {
+                Some(m) => Json(m).into_response(),
+                None => detail(StatusCode::NOT_FOUND, "No bot mapped to this number"),
+            },
+        }
+    };
+    record_lookup(&state, record, present, secret_ok, response.status());
+    response
+}
+
+/// `GET /api/v1/sip/outbound-trunk?from_number=`: the trunk to dial out on (script
+/// `outbound_trunks`; an empty `from_number` lets the API choose).
+async fn outbound_trunk(
+    State(state): State<Arc<SimState>>,
+    Query(query): Query<HashMap<String, String>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let (present, secret_ok) = check_secret(&state, &headers);
+    let from = query.get("from_number").map(|s| s.trim().to_string()).unwrap_or_default();
+    let mut record = Map::new();
+    record.insert("kind".into(), json!("outbound_trunk"));
+    record.insert("from_number".into(), json!(from));
+    record.insert("raw_query".into(), json!(uri.query().unwrap_or_default()));
+    let response = if !secret_ok {
+        detail(StatusCode::FORBIDDEN, "invalid or missing secret")
+    } else {
+        match state.script.outbound_trunk(&from) {
+            Some(t) => Json(t).into_response(),
+            None => detail(StatusCode::NOT_FOUND, "No outbound trunk available"),
+        }
+    };
+    record_lookup(&state, record, present, secret_ok, response.status());
+    response
+}
+
+async fn list_sip_lookups(State(state): State<Arc<SimState>>) -> Json<Value> {
+    Json(Value::Array(lock(&state.api).sip_lookups.iter().cloned().collect()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Agent Desk receiver (contract §3 call 6, §6.7; body keys: docs/agent-desk.md)
+
+/// The update routes under `/api/v1/agent-desk/calls/{call_id}/`.
+pub const AGENT_DESK_UPDATES: [&str; 4] = ["events", "transcript", "recording", "customer-disconnected"];
+
+fn want_str(o: &Map<String, Value>, key: &str, at: &str) -> Result<(), String> {
+    match o.get(key) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(()),
+        Some(Value::String(_)) => Err(format!("{at}{key} must not be empty")),
+        Some(_) => Err(format!("{at}{key} must be a string")),
+        None => Err(format!("missing field {at}{key}")),
+    }
+}
+
+fn want_opt_str(o: &Map<String, Value>, key: &str, at: &str) -> Result<(), String> {
+    match o.get(key) {
+        None | Some(Value::String(_)) => Ok(()),
+        Some(_) => Err(format!("{at}{key} must be a string")),
+    }
+}
+
+fn want_seconds(o: &Map<String, Value>, key: &str, at: &str) -> Result<(), String> {
+    match o.get(key) {
+        Some(Value::Number(n)) if n.as_f64().is_some_and(|f| f >= 0.0) => Ok(()),
+        Some(_) => Err(format!("{at}{key} must be a number >= 0")),
+        None => Err(format!("missing field {at}{key}")),
+    }
+}
+
+fn want_bool(o: &Map<String, Value>, key: &str) -> Result<(), String> {
+    match o.get(key) {
+        Some(Value::Bool(_)) => Ok(()),
+        Some(_) => Err(format!("{key} must be a boolean")),
+        None => Err(format!("missing field {key}")),
+    }
+}
+
+fn want_time(o: &Map<String, Value>, key: &str, at: &str) -> Result<(), String> {
+    want_str(o, key, at)?;
+    let s = o.get(key).and_then(Value::as_str).unwrap_or_default();
+    chrono::DateTime::parse_from_rfc3339(s).map(|_| ()).map_err(|e| format!("{at}{key} is not RFC 3339: {e}"))
+}
+
+fn want_object<'a>(o: &'a Map<String, Value>, key: &str, at: &str) -> Result<&'a Map<String, Value>, String> {
+    match o.get(key) {
+        Some(Value::Object(m)) => Ok(m),
+        Some(_) => Err(format!("{at}{key} must be an object")),
+        None => Err(format!("missing field {at}{key}")),
+    }
+}
+
+fn validate_transcript(o: &Map<String, Value>) -> Result<(), String> {
+    let Some(Value::Array(items)) = o.get("transcript") else { return Err("transcript must be an array".into()) };
+    for (i, item) in items.iter().enumerate() {
+        let at = format!("transcript[{i}].");
+        let Value::Object(t) = item else { return Err(format!("transcript[{i}] must be an object")) };
+        match t.get("role") {
+            Some(Value::String(r)) if r == "customer" || r == "bot" => {}
+            _ => return Err(format!("{at}role must be customer|bot")),
+        }
+        if !matches!(t.get("text"), Some(Value::String(_))) {
+            return Err(format!("{at}text must be a string"));
+        }
+        want_seconds(t, "at_seconds", &at)?;
+    }
+    Ok(())
+}
+
+/// Validates an Agent Desk body the way a strict CXB API would (and: no nulls anywhere).
+pub fn validate_agent_desk(request: &str, v: &Value) -> Result<(), String> {
+    let Value::Object(o) = v else { return Err("body must be a JSON object".into()) };
+    let mut path = String::from("$");
+    if find_null(v, &mut path) {
+        return Err(format!("null value at {path} (absent fields must be omitted, not null)"));
+    }
+    match request {
+        "enqueue" => {
+            for key in ["call_id", "session_id", "room_name", "bot_id", "transport", "escalation_reason"] {
+                want_str(o, key, "")?;
+            }
+            want_time(o, "enqueued_at", "")?;
+            let caller = want_object(o, "caller", "")?;
+            want_str(caller, "identity", "caller.")?;
+            want_opt_str(caller, "number", "caller.")?;
+            let target = want_object(o, "target", "")?;
+            want_str(target, "label", "target.")?;
+            want_str(target, "value", "target.")?;
+            want_opt_str(target, "id", "target.")?;
+            validate_transcript(o)?;
+            if want_object(o, "variables", "")?.values().any(|v| !v.is_string()) {
+                return Err("variables values must be strings".into());
+            }
+            want_object(o, "context", "")?;
+        }
+        "events" => {
+            let Some(Value::Array(events)) = o.get("events") else { return Err("events must be an array".into()) };
+            if events.is_empty() {
+                return Err("events must not be empty".into());
+            }
+            for (i, e) in events.iter().enumerate() {
+                let at = format!("events[{i}].");
+                let Value::Object(e) = e else { return Err(format!("events[{i}] must be an object")) };
+                want_str(e, "type", &at)?;
+                want_time(e, "at", &at)?;
+                want_object(e, "data", &at)?;
+            }
+        }
+        "transcript" => {
+            validate_transcript(o)?;
+            want_bool(o, "final")?;
+        }
+        "recording" => {
+            want_str(o, "recording_key", "")?;
+            want_opt_str(o, "recording_url", "")?;
+            want_seconds(o, "duration_seconds", "")?;
+        }
+        "customer-disconnected" => {
+            want_str(o, "reason", "")?;
+            want_time(o, "at", "")?;
+            want_seconds(o, "hold_seconds", "")?;
+            want_bool(o, "agent_joined")?;
+        }
+        other => return Err(format!("unknown Agent Desk request {other:?}")),
+    }
+    Ok(())
+}
+
+/// Checks, records and answers one Agent Desk request.
+fn agent_desk_request(
+    state: &SimState,
+    request: &str,
+    path: &str,
+    call_id: Option<&str>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
+    let (present, secret_ok) = check_secret(state, headers);
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let mut api = lock(&state.api);
+    let inject_503 = secret_ok && request == "enqueue" && take_injected_503(state, &mut api);
+    let response = if !secret_ok {
+        detail(StatusCode::FORBIDDEN, "invalid or missing secret")
+    } else if inject_503 {
+        detail(StatusCode::SERVICE_UNAVAILABLE, "injected: agent desk unavailable")
+    } else {
+        let ct_json = headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/json"));
+        let checked = match (&parsed, ct_json) {
+            (_, false) => Err("Content-Type must be application/json".to_string()),
+            (None, true) => Err("body is not valid JSON".to_string()),
+            (Some(v), true) => validate_agent_desk(request, v),
+        };
+        match checked {
+            Err(reason) => {
+                tracing::warn!(%reason, request, "agent desk request rejected");
+                detail(StatusCode::UNPROCESSABLE_ENTITY, &reason)
+            }
+            Ok(()) if request == "enqueue" => {
+                let id = parsed.as_ref().and_then(|v| v.get("call_id")).and_then(Value::as_str).unwrap_or_default();
+                let duplicate = api.agent_desk_calls.contains(id);
+                if !duplicate && api.agent_desk_calls.len() < KEPT_CALLS {
+                    api.agent_desk_calls.insert(id.to_string());
+                }
+                tracing::info!(call_id = %id, duplicate, "agent desk enqueue stored");
+                Json(json!({"status": "queued", "call_id": id, "duplicate": duplicate})).into_response()
+            }
+            Ok(()) => {
+                // Updates are accepted for calls not (yet) enqueued: the worker's outbox
+                // delivers at least once and in no particular order.
+                let id = call_id.unwrap_or_default();
+                let known = api.agent_desk_calls.contains(id);
+                Json(json!({"status": "ok", "call_id": id, "known_call": known})).into_response()
+            }
+        }
+    };
+    let mut record = json!({
+        "at": now_rfc3339(),
+        "path": path,
+        "request": request,
+        "body": parsed.unwrap_or_else(|| json!(String::from_utf8_lossy(body))),
+        "status": response.status().as_u16(),
+        "secret_headers": present,
+        "secret_ok": secret_ok,
+    });
+    if let Some(id) = call_id {
+        record["call_id"] = json!(id);
+    }
+    push_bounded(&mut api.agent_desk, record);
+    response
+}
+
+async fn agent_desk_enqueue(
+    State(state): State<Arc<SimState>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    agent_desk_request(&state, "enqueue", uri.path(), None, &headers, &body)
+}
+
+async fn agent_desk_update(
+    State(state): State<Arc<SimState>>,
+    Path((call_id, update)): Path<(String, String)>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(request) = AGENT_DESK_UPDATES.iter().find(|u| **u == update) else {
+        return detail(StatusCode::NOT_FOUND, "Not Found");
+    };
+    agent_desk_request(&state, request, uri.path(), Some(&call_id), &headers, &body)
+}
+
+async fn list_agent_desk(State(state): State<Arc<SimState>>) -> Json<Value> {
+    Json(Value::Array(lock(&state.api).agent_desk.iter().cloned().collect()))
 }
 
 #[cfg(test)]
@@ -470,6 +816,236 @@ mod tests {
         json!({"session_id":"s1","disconnected_by":"customer","call_duration_seconds":12.5,
             "transcript":[{"speaker":"bot","text":"hi","timestamp":"2026-01-01T00:00:00Z"}],
             "events":[{"type":"latency","timestamp":"2026-01-01T00:00:00Z"}]})
+    }
+
+    async fn server(script: Value) -> crate::SimServer {
+        let script: crate::Script = serde_json::from_value(script).expect("script");
+        crate::start(crate::ServeOptions { secret: Some("s3cret".into()), script, ..Default::default() })
+            .await
+            .expect("server")
+    }
+
+    fn script_with(extra: Value) -> Value {
+        let mut v: Value = serde_json::from_str(crate::script::EMBEDDED_SCRIPT).expect("json");
+        for (k, x) in extra.as_object().cloned().unwrap_or_default() {
+            v[k] = x;
+        }
+        v
+    }
+
+    async fn get_json(c: &reqwest::Client, url: &str, secret: Option<(&str, &str)>) -> (u16, Value) {
+        let mut r = c.get(url);
+        if let Some((h, v)) = secret {
+            r = r.header(h, v);
+        }
+        let resp = r.send().await.expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    #[tokio::test]
+    async fn sip_lookup_defaults_maps_refuses_and_records() {
+        let srv = server(script_with(json!({"sip_numbers": {
+            "+911111": {"bot_id": "sales", "carrier_id": "c1", "did_id": "d1"},
+            "+912222": null,
+        }})))
+        .await;
+        let c = reqwest::Client::new();
+        let base = srv.url("http");
+        let ok = Some(("X-CXB-Core-Secret", "s3cret"));
+        let url = |n: &str| format!("{base}/api/v1/sip/lookup?number={}", urlencoding_plus(n));
+        assert_eq!(
+            get_json(&c, &url("+918000000001"), ok).await,
+            (200, json!({"bot_id":"demo","carrier_id":"sim-carrier","did_id":"sim-did"}))
+        );
+        assert_eq!(
+            get_json(&c, &url("+911111"), Some(("X-CXBCore-Secret", "s3cret"))).await,
+            (200, json!({"bot_id":"sales","carrier_id":"c1","did_id":"d1"}))
+        );
+        assert_eq!(get_json(&c, &url("+912222"), ok).await.0, 404);
+        assert_eq!(get_json(&c, &url("+911111"), None).await.0, 403);
+        assert_eq!(get_json(&c, &url("+911111"), Some(("X-CXB-Core-Secret", "wrong"))).await.0, 403);
+        assert_eq!(get_json(&c, &format!("{base}/api/v1/sip/lookup"), ok).await.0, 422);
+        // An unencoded + is a space to a form decoder: a client bug the fake makes visible.
+        assert_eq!(get_json(&c, &format!("{base}/api/v1/sip/lookup?number=+912222"), ok).await.0, 200);
+
+        let (_, list) = get_json(&c, &format!("{base}/sim/sip-lookups"), None).await;
+        let list = list.as_array().cloned().unwrap_or_default();
+        assert_eq!(list.len(), 7);
+        assert_eq!(list[0]["number"], "+918000000001");
+        assert_eq!(list[0]["kind"], "lookup");
+        assert_eq!(list[0]["secret_ok"], true);
+        assert_eq!(list[0]["secret_headers"]["X-CXB-Core-Secret"], true);
+        assert_eq!(list[0]["secret_headers"]["X-CXBCore-Secret"], false);
+        assert_eq!(list[3]["status"], 403);
+        assert_eq!(list[6]["number"], " 912222");
+        assert_eq!(list[6]["raw_query"], "number=+912222");
+        srv.shutdown().await;
+    }
+
+    /// `+` must be percent-encoded in a query (reqwest's `.query()` does this).
+    fn urlencoding_plus(n: &str) -> String {
+        n.replace('+', "%2B")
+    }
+
+    #[tokio::test]
+    async fn outbound_trunk_defaults_overrides_and_refuses() {
+        let c = reqwest::Client::new();
+        let ok = Some(("X-CXB-Core-Secret", "s3cret"));
+        let srv = server(script_with(json!({}))).await;
+        let base = srv.url("http");
+        for q in ["", "?from_number=", "?from_number=%2B919999"] {
+            assert_eq!(
+                get_json(&c, &format!("{base}/api/v1/sip/outbound-trunk{q}"), ok).await,
+                (200, json!({"trunk_id":"ST_sim","number":"+918000000000"})),
+                "{q}"
+            );
+        }
+        assert_eq!(get_json(&c, &format!("{base}/api/v1/sip/outbound-trunk"), None).await.0, 403);
+        srv.shutdown().await;
+
+        let srv = server(script_with(json!({"outbound_trunks": {
+            "+914444": {"trunk_id": "ST_x", "number": "+914444", "max_calls_per_second": 5},
+            "*": null,
+        }})))
+        .await;
+        let base = srv.url("http");
+        assert_eq!(
+            get_json(&c, &format!("{base}/api/v1/sip/outbound-trunk?from_number=%2B914444"), ok).await,
+            (200, json!({"trunk_id":"ST_x","number":"+914444","max_calls_per_second":5}))
+        );
+        assert_eq!(get_json(&c, &format!("{base}/api/v1/sip/outbound-trunk"), ok).await.0, 404);
+        let (_, list) = get_json(&c, &format!("{base}/sim/sip-lookups"), None).await;
+        assert_eq!(list[0]["kind"], "outbound_trunk");
+        assert_eq!(list[0]["from_number"], "+914444");
+        assert_eq!(list[1]["status"], 404);
+        srv.shutdown().await;
+    }
+
+    fn enqueue_body(call_id: &str) -> Value {
+        json!({
+            "call_id": call_id, "session_id": "s1", "room_name": "call-1", "bot_id": "demo",
+            "transport": "livekit_inbound",
+            "caller": {"number": "+918000000001", "identity": "sip-+918000000001"},
+            "escalation_reason": "asked for a human",
+            "target": {"label": "Billing", "value": "billing"},
+            "transcript": [{"role": "customer", "text": "human please", "at_seconds": 3.2}],
+            "variables": {"call.name": "Asha"},
+            "context": {"campaign": {"id": 7}},
+            "enqueued_at": "2026-05-19T10:00:00.123Z"
+        })
+    }
+
+    async fn post(c: &reqwest::Client, url: &str, body: &Value, secret: Option<(&str, &str)>) -> (u16, Value) {
+        let mut r = c.post(url).json(body);
+        if let Some((h, v)) = secret {
+            r = r.header(h, v);
+        }
+        let resp = r.send().await.expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    #[tokio::test]
+    async fn agent_desk_requests_are_checked_recorded_and_can_fail_on_purpose() {
+        let srv = server(script_with(json!({"agent_desk": {"enqueue_503": 2}}))).await;
+        let c = reqwest::Client::new();
+        let base = srv.url("http");
+        let ok = Some(("X-CXBCore-Secret", "s3cret"));
+        let enqueue = format!("{base}/api/v1/agent-desk/enqueue");
+        let body = enqueue_body("c-1");
+
+        assert_eq!(post(&c, &enqueue, &body, None).await.0, 403);
+        assert_eq!(post(&c, &enqueue, &body, ok).await.0, 503, "scripted 503 #1");
+        assert_eq!(post(&c, &enqueue, &body, ok).await.0, 503, "scripted 503 #2");
+        assert_eq!(
+            post(&c, &enqueue, &body, ok).await,
+            (200, json!({"status":"queued","call_id":"c-1","duplicate":false}))
+        );
+        assert_eq!(post(&c, &enqueue, &body, ok).await.1["duplicate"], true);
+
+        // Control re-arms the failure switch.
+        assert_eq!(post(&c, &format!("{base}/sim/control"), &json!({"agent_desk_enqueue_503": 1}), None).await.0, 200);
+        assert_eq!(post(&c, &enqueue, &enqueue_body("c-2"), ok).await.0, 503);
+        assert_eq!(post(&c, &enqueue, &enqueue_body("c-2"), ok).await.0, 200);
+
+        // Strict bodies: nulls and missing keys are refused with the path named.
+        let mut bad = enqueue_body("c-3");
+        bad["target"]["id"] = Value::Null;
+        let (status, err) = post(&c, &enqueue, &bad, ok).await;
+        assert_eq!(
+            (status, err["detail"].as_str().unwrap_or_default()),
+            (422, "null value at $.target.id (absent fields must be omitted, not null)")
+        );
+        let mut bad = enqueue_body("c-3");
+        bad.as_object_mut().map(|o| o.remove("room_name"));
+        assert!(post(&c, &enqueue, &bad, ok).await.1["detail"].as_str().unwrap_or_default().contains("room_name"));
+
+        let calls = format!("{base}/api/v1/agent-desk/calls");
+        let updates = [
+            (
+                "c-1/events",
+                json!({"events": [{"type": "agent_joined", "at": "2026-05-19T10:01:00Z", "data": {"identity": "a"}}]}),
+            ),
+            (
+                "c-1/transcript",
+                json!({"transcript": [{"role": "bot", "text": "hi", "at_seconds": 0.5}], "final": true}),
+            ),
+            ("c-1/recording", json!({"recording_key": "recordings/2026/05/19/s1.wav", "duration_seconds": 62.0})),
+            (
+                "c-1/customer-disconnected",
+                json!({"reason": "participant_left", "at": "2026-05-19T10:02:00Z", "hold_seconds": 12.5, "agent_joined": true}),
+            ),
+            ("never%2Fenqueued/events", json!({"events": [{"type": "x", "at": "2026-05-19T10:01:00Z", "data": {}}]})),
+        ];
+        for (path, body) in &updates {
+            let (status, resp) = post(&c, &format!("{calls}/{path}"), body, ok).await;
+            assert_eq!(status, 200, "{path}: {resp}");
+            assert_eq!(resp["known_call"], !path.starts_with("never"), "{path}");
+        }
+        for (path, body) in [
+            ("c-1/events", json!({"events": []})),
+            ("c-1/events", json!({"events": [{"type": "x", "at": "yesterday", "data": {}}]})),
+            (
+                "c-1/transcript",
+                json!({"transcript": [{"role": "agent", "text": "x", "at_seconds": 1}], "final": false}),
+            ),
+            ("c-1/recording", json!({"recording_key": "k", "duration_seconds": -1})),
+            ("c-1/customer-disconnected", json!({"reason": "x", "at": "2026-05-19T10:02:00Z", "hold_seconds": 1})),
+        ] {
+            assert_eq!(post(&c, &format!("{calls}/{path}"), &body, ok).await.0, 422, "{path} {body}");
+        }
+        assert_eq!(post(&c, &format!("{calls}/c-1/unknown"), &json!({}), ok).await.0, 404);
+        assert_eq!(post(&c, &format!("{calls}/c-1/events"), &updates[0].1, None).await.0, 403);
+
+        let (_, list) = get_json(&c, &format!("{base}/sim/agent-desk"), None).await;
+        let list = list.as_array().cloned().unwrap_or_default();
+        assert_eq!(list.len(), 5 + 2 + 2 + 5 + 5 + 1);
+        assert_eq!(list[0]["status"], 403);
+        assert_eq!(list[3]["path"], "/api/v1/agent-desk/enqueue");
+        assert_eq!(list[3]["body"], enqueue_body("c-1"));
+        assert_eq!(list[3]["status"], 200);
+        assert!(list[3]["at"].as_str().is_some_and(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok()));
+        let ev =
+            list.iter().find(|r| r["path"] == "/api/v1/agent-desk/calls/never%2Fenqueued/events").expect("recorded");
+        assert_eq!(ev["call_id"], "never/enqueued");
+        assert_eq!(ev["request"], "events");
+
+        // Reset forgets everything and re-arms the scripted failures.
+        assert_eq!(post(&c, &format!("{base}/sim/reset"), &json!({}), None).await.0, 200);
+        assert_eq!(get_json(&c, &format!("{base}/sim/agent-desk"), None).await.1, json!([]));
+        assert_eq!(post(&c, &enqueue, &body, ok).await.0, 503);
+        srv.shutdown().await;
+    }
+
+    #[test]
+    fn lists_are_bounded() {
+        let mut l = VecDeque::new();
+        for i in 0..KEPT + 10 {
+            push_bounded(&mut l, json!(i));
+        }
+        assert_eq!(l.len(), KEPT);
+        assert_eq!(l[0], json!(10));
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The conversation script shared by the STT and LLM doubles (assets/sim/script.json).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// The script compiled into the binary (used when `--script` is not given).
 pub const EMBEDDED_SCRIPT: &str = include_str!("../../../assets/sim/script.json");
@@ -25,6 +26,59 @@ pub struct Script {
     /// script can serve bots with transfer targets, custom tools, silence timers, ...
     #[serde(default)]
     pub bots: std::collections::BTreeMap<String, serde_json::Map<String, Value>>,
+    /// `GET /api/v1/sip/lookup?number=` answers, by dialed number. `null` → 404 (nothing
+    /// mapped). The key `"*"` answers every other number; without it they get
+    /// [`SipNumber::default`] (`demo` / `sim-carrier` / `sim-did`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sip_numbers: BTreeMap<String, Option<SipNumber>>,
+    /// `GET /api/v1/sip/outbound-trunk?from_number=` answers, by from number (`""` = the
+    /// request named none). `null` → 404 (no trunk). `"*"` answers every other number;
+    /// without it they get [`OutboundTrunk::default`] (`ST_sim`, `+918000000000`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outbound_trunks: BTreeMap<String, Option<OutboundTrunk>>,
+    /// Fake Agent Desk behaviour.
+    #[serde(default)]
+    pub agent_desk: AgentDeskScript,
+}
+
+/// A DID mapping returned by the SIP lookup (contract §3 call 2). Extra keys are returned as-is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SipNumber {
+    pub bot_id: String,
+    pub carrier_id: String,
+    pub did_id: String,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Default for SipNumber {
+    fn default() -> Self {
+        Self { bot_id: "demo".into(), carrier_id: "sim-carrier".into(), did_id: "sim-did".into(), extra: Map::new() }
+    }
+}
+
+/// An outbound trunk returned by the trunk lookup (contract §3 call 3). Extra keys (rate
+/// limits, ...) are returned as-is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboundTrunk {
+    pub trunk_id: String,
+    pub number: String,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Default for OutboundTrunk {
+    fn default() -> Self {
+        Self { trunk_id: "ST_sim".into(), number: "+918000000000".into(), extra: Map::new() }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentDeskScript {
+    /// The first N `POST /api/v1/agent-desk/enqueue` requests answer 503 (exercises the
+    /// worker's outbox retry). `POST /sim/control {"agent_desk_enqueue_503": N}` re-arms it.
+    #[serde(default)]
+    pub enqueue_503: u32,
 }
 
 fn default_reply() -> Reply {
@@ -83,6 +137,22 @@ impl Script {
         let text =
             std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read script {}: {e}", path.display()))?;
         serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("script {} is invalid: {e}", path.display()))
+    }
+
+    /// The SIP lookup answer for a dialed number; `None` = not mapped (404).
+    pub fn sip_number(&self, number: &str) -> Option<SipNumber> {
+        match self.sip_numbers.get(number).or_else(|| self.sip_numbers.get("*")) {
+            Some(entry) => entry.clone(),
+            None => Some(SipNumber::default()),
+        }
+    }
+
+    /// The outbound trunk for a from number (`""` when none was given); `None` = no trunk (404).
+    pub fn outbound_trunk(&self, from_number: &str) -> Option<OutboundTrunk> {
+        match self.outbound_trunks.get(from_number).or_else(|| self.outbound_trunks.get("*")) {
+            Some(entry) => entry.clone(),
+            None => Some(OutboundTrunk::default()),
+        }
     }
 
     /// Transcript for the `n`-th (0-based) utterance of a connection.
@@ -148,6 +218,33 @@ mod tests {
         assert_eq!(s.reply_for_user("hmm").text, s.default_reply.text);
         assert_eq!(s.transcript(7), UNSCRIPTED);
         assert_eq!(s.bot.max_call_duration_seconds, None);
+    }
+
+    #[test]
+    fn sip_maps_default_override_and_refuse() {
+        let s = Script::embedded();
+        assert_eq!(s.sip_number("+918000000001"), Some(SipNumber::default()));
+        assert_eq!(s.outbound_trunk(""), Some(OutboundTrunk::default()));
+        assert_eq!(s.agent_desk.enqueue_503, 0);
+
+        let mut v: Value = serde_json::from_str(EMBEDDED_SCRIPT).expect("json");
+        v["sip_numbers"] = serde_json::json!({
+            "+911111": {"bot_id": "sales", "carrier_id": "c1", "did_id": "d1", "region": "north"},
+            "+912222": null,
+        });
+        v["outbound_trunks"] = serde_json::json!({"": {"trunk_id": "ST_any", "number": "+913333"}, "*": null});
+        v["agent_desk"] = serde_json::json!({"enqueue_503": 2});
+        let s: Script = serde_json::from_value(v).expect("script");
+        let sales = s.sip_number("+911111").expect("mapped");
+        assert_eq!((sales.bot_id.as_str(), sales.extra["region"].as_str()), ("sales", Some("north")));
+        assert_eq!(s.sip_number("+912222"), None);
+        assert_eq!(s.sip_number("+919999"), Some(SipNumber::default()));
+        assert_eq!(s.outbound_trunk("").map(|t| t.trunk_id), Some("ST_any".to_string()));
+        assert_eq!(s.outbound_trunk("+914444"), None);
+        assert_eq!(s.agent_desk.enqueue_503, 2);
+        // Round trip keeps the maps (the served script is re-read by tests).
+        let back: Script = serde_json::from_str(&serde_json::to_string(&s).expect("ser")).expect("de");
+        assert_eq!(back.sip_numbers, s.sip_numbers);
     }
 
     #[test]

@@ -202,13 +202,22 @@ impl Conn {
     async fn run(&mut self, mut socket: WebSocket) {
         let idle = self.state.stt_idle_timeout;
         let mut last_activity = Instant::now();
+        // One timer for the connection, moved only when its deadline changes. The idle check is
+        // lazy: `idle_check` moves on when the timer fires, not on every audio message (a fresh
+        // `sleep_until` per message was a timer-wheel insert and removal every 20–60 ms per call).
+        let mut idle_check = last_activity + idle;
+        let timer = tokio::time::sleep_until(idle_check);
+        tokio::pin!(timer);
         loop {
-            let mut deadline = last_activity + idle;
+            let mut deadline = idle_check;
             if let Some(f) = self.pending.front() {
                 deadline = deadline.min(f.due);
             }
             if let Some((due, _)) = self.utt_end {
                 deadline = deadline.min(due);
+            }
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
             }
             let flow = tokio::select! {
                 msg = socket.recv() => match msg {
@@ -234,12 +243,13 @@ impl Conn {
                     Some(Ok(Message::Close(_))) => Flow::Stop,
                     Some(Ok(_)) => Flow::Continue,
                 },
-                _ = tokio::time::sleep_until(deadline) => {
+                _ = &mut timer => {
                     let now = Instant::now();
                     if now >= last_activity + idle {
                         tracing::info!("deepgram: no audio or KeepAlive for {idle:?}; closing with NET-0001");
                         Flow::Close(1011, "NET-0001".into())
                     } else {
+                        idle_check = last_activity + idle;
                         self.on_timers(now);
                         Flow::Continue
                     }
@@ -300,9 +310,9 @@ impl Conn {
             }
         }
         let mut chunks = rest.chunks_exact(2);
-        for c in &mut chunks {
-            self.samples.push(i16::from_le_bytes([c[0], c[1]]));
-        }
+        // `extend` over an exact-size iterator reserves once and converts without a capacity
+        // check per sample (this runs on every sample of every call).
+        self.samples.extend(chunks.by_ref().map(|c| i16::from_le_bytes([c[0], c[1]])));
         if let [b] = chunks.remainder() {
             self.odd_byte = Some(*b);
         }

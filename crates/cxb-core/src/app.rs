@@ -35,6 +35,8 @@ pub struct AppState {
     /// Client for custom HTTP tools: bounded redirects, no https→http downgrade.
     pub tool_http: reqwest::Client,
     pub metrics: PrometheusHandle,
+    /// LiveKit server API and room media; `None` when `LIVEKIT_URL` is unset (routes answer 503).
+    pub livekit: Option<crate::livekit::LiveKit>,
 }
 
 impl AppState {
@@ -63,7 +65,9 @@ impl AppState {
         let llm = LlmClient::new();
         let postcall = crate::postcall::PostCall::new(llm.clone(), &settings);
         metrics::gauge!("cxb_call_slots").set(settings.max_concurrent_calls as f64);
+        let livekit = crate::livekit::LiveKit::from_settings(&settings.livekit);
         Ok(Self {
+            livekit,
             tracker: CallTracker::new(settings.max_concurrent_calls),
             settings: Arc::new(settings),
             config,
@@ -86,6 +90,7 @@ pub fn router(state: AppState) -> Router {
         .route("/recordings/{*key}", get(crate::recordings::serve_recording))
         .merge(crate::admin::routes(state.clone()))
         .merge(crate::transport_routes::routes())
+        .merge(crate::livekit::routes())
         .with_state(state)
 }
 

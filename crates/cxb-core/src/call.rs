@@ -6,32 +6,31 @@
 
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::{Message, WebSocket};
 use cxb_audio::vad::{VadSettings, VadTransition, VoiceDetector};
 use cxb_engine::{Action, Conversation, EngineConfig, Input, Service, WordTime};
 use cxb_providers::llm::{LlmEvent, LlmParams, LlmStream};
 use cxb_providers::stt::{self, SttEvent, SttHandle};
 use cxb_providers::tts::{self, TtsEvent, TtsHandle};
-use cxb_transports::{HandshakeStep, Inbound, OutFrame, ProtocolError, Transport};
+use cxb_transports::{CallMeta, HandshakeStep, Inbound, ProtocolError, Transport};
 use cxb_wire::llm::ChatRequest;
 use cxb_wire::result::{CallEvent, DisconnectedBy};
 use cxb_wire::BotConfig;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn, Instrument};
 
+mod handoff;
+pub use handoff::AgentDeskTarget;
+
 use crate::app::AppState;
 use crate::config_client::{CallLookup, ConfigFetchError};
+use crate::link::{is_frame_too_large, CallLink, LinkEvent, TransferStart, WsIo, WsLink};
 use crate::providers;
 use crate::results::{build_payload, CallSummary};
 use crate::tracker::CallSlot;
 
-/// How long a single outbound frame may take to write before the caller counts as gone.
-const SEND_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long we wait for the peer to finish a close / hang-up exchange.
-const CLOSE_LINGER: Duration = Duration::from_secs(3);
 /// Caller audio is batched into STT messages of this many milliseconds. Deepgram takes any
 /// chunking; 60 ms cuts per-call messages and wake-ups threefold and stays far inside the VAD
 /// end-of-speech hangover, so turn latency is unchanged.
@@ -39,9 +38,6 @@ const STT_BATCH_MS: usize = 60;
 /// Playout wake-ups are coalesced to at most one per this interval (frames go out in pairs);
 /// the engine's 80 ms lead keeps the far end's buffer ahead of real time.
 const PLAYOUT_COALESCE: Duration = Duration::from_millis(40);
-
-type WsTx = SplitSink<WebSocket, Message>;
-type WsRx = SplitStream<WebSocket>;
 
 /// Entry point for a WebSocket transport once the upgrade is done and a slot is held.
 pub async fn run_ws_call<T: Transport + 'static>(
@@ -53,13 +49,13 @@ pub async fn run_ws_call<T: Transport + 'static>(
 ) {
     let span = tracing::info_span!("call", call_id = %slot.id(), bot_id = %bot_id, transport = transport.name(), session_id = tracing::field::Empty);
     async move {
-        let (tx, rx) = socket.split();
-        let mut ws = WsIo { tx, rx, closed: false };
+        let mut ws = WsIo::new(socket);
         let mut transport = transport;
         match handshake(&app, &mut ws, &mut transport, &bot_id).await {
             Ok((cfg, early_audio)) => {
                 tracing::Span::current().record("session_id", cfg.session_id.as_str());
-                run_conversation(&app, ws, transport, &bot_id, cfg, early_audio).await;
+                let link = WsLink::new(ws, transport, app.settings.max_frame_bytes);
+                run_conversation(&app, link, &bot_id, cfg, CallOptions { early_audio, ..Default::default() }).await;
             }
             Err(HandshakeEnd::Reject { code, reason, metric }) => {
                 metrics::counter!("cxb_calls_rejected_total", "reason" => metric).increment(1);
@@ -74,138 +70,6 @@ pub async fn run_ws_call<T: Transport + 'static>(
     }
     .instrument(span)
     .await
-}
-
-struct WsIo {
-    tx: WsTx,
-    rx: WsRx,
-    closed: bool,
-}
-
-impl WsIo {
-    /// Write frames in order with one flush at the end (bot audio goes out in small bursts).
-    /// Returns false when the caller is gone.
-    async fn send_all(&mut self, frames: impl IntoIterator<Item = OutFrame>) -> bool {
-        let mut pending = false;
-        for frame in frames {
-            if self.closed {
-                return false;
-            }
-            let msg = match frame {
-                OutFrame::Text(t) => Message::Text(t.into()),
-                OutFrame::Binary(b) => Message::Binary(b.into()),
-                OutFrame::Close { code, reason } => {
-                    if pending && !self.flush().await {
-                        return false;
-                    }
-                    pending = false;
-                    self.close(code, &reason).await;
-                    continue;
-                }
-                OutFrame::Http(req) => {
-                    spawn_http(req);
-                    continue;
-                }
-            };
-            match tokio::time::timeout(SEND_TIMEOUT, self.tx.feed(msg)).await {
-                Ok(Ok(())) => pending = true,
-                Ok(Err(e)) => {
-                    debug!(error = %e, "send failed; caller gone");
-                    self.closed = true;
-                    return false;
-                }
-                Err(_) => {
-                    warn!("send blocked for {SEND_TIMEOUT:?}; treating the caller as gone");
-                    self.closed = true;
-                    return false;
-                }
-            }
-        }
-        !pending || self.flush().await
-    }
-
-    async fn flush(&mut self) -> bool {
-        match tokio::time::timeout(SEND_TIMEOUT, self.tx.flush()).await {
-            Ok(Ok(())) => true,
-            _ => {
-                self.closed = true;
-                false
-            }
-        }
-    }
-
-    async fn close(&mut self, code: u16, reason: &str) {
-        if self.closed {
-            return;
-        }
-        self.closed = true;
-        // Close reasons are limited to 123 bytes by RFC 6455.
-        let mut reason: String = reason.chars().take(100).collect();
-        while reason.len() > 123 {
-            reason.pop();
-        }
-        let frame = Message::Close(Some(CloseFrame { code, reason: reason.into() }));
-        let _ = tokio::time::timeout(SEND_TIMEOUT, self.tx.send(frame)).await;
-        // Complete the closing handshake: read (and discard) until the peer's close, so the
-        // socket is not dropped with unread data (which makes the kernel send a reset and the
-        // peer can lose our last frames).
-        let _ = tokio::time::timeout(CLOSE_LINGER, async {
-            while let Some(Ok(m)) = self.rx.next().await {
-                if matches!(m, Message::Close(_)) {
-                    break;
-                }
-            }
-        })
-        .await;
-        let _ = self.tx.close().await;
-    }
-
-    /// After the bot's hang-up frames: the dialler answers with `hangup-call` and closes.
-    /// Keep reading (bounded) so our frames are not lost to a reset.
-    async fn linger_for_peer_hangup(&mut self) {
-        if self.closed {
-            return;
-        }
-        let _ = tokio::time::timeout(CLOSE_LINGER, async {
-            while let Some(Ok(m)) = self.rx.next().await {
-                match m {
-                    Message::Close(_) => {
-                        self.closed = true;
-                        break;
-                    }
-                    Message::Text(t) if t.contains("hangup-call") => break,
-                    _ => {}
-                }
-            }
-        })
-        .await;
-    }
-}
-
-/// Perform a transport's out-of-band HTTP request (REST hang-up, ...) without blocking the call.
-fn spawn_http(req: cxb_transports::HttpRequest) {
-    tokio::spawn(
-        async move {
-            static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-            let http = HTTP.get_or_init(reqwest::Client::new);
-            let method = reqwest::Method::from_bytes(req.method.as_bytes()).unwrap_or(reqwest::Method::POST);
-            let mut r = http.request(method, &req.url).timeout(Duration::from_secs(5));
-            for (k, v) in &req.headers {
-                r = r.header(k, v);
-            }
-            if let Some(b) = req.body {
-                r = r.body(b);
-            }
-            match r.send().await {
-                Ok(resp) if resp.status().is_success() => {
-                    info!(url = %req.url, status = resp.status().as_u16(), "transport request done")
-                }
-                Ok(resp) => warn!(url = %req.url, status = resp.status().as_u16(), "transport request refused"),
-                Err(e) => warn!(url = %req.url, error = %e, "transport request failed"),
-            }
-        }
-        .in_current_span(),
-    );
 }
 
 enum HandshakeEnd {
@@ -290,7 +154,7 @@ async fn handshake<T: Transport>(
         Err(e) => {
             warn!(error = %e, "call rejected: config fetch failed");
             if let Some(reason) = transport.config_failure_result() {
-                record_unstarted_call(app, transport, bot_id, reason).await;
+                record_unstarted_call(app, None, transport.name(), transport.meta(), bot_id, reason).await;
             }
             Err(HandshakeEnd::Reject { code: e.close_code(), reason: format!("config: {e}"), metric: e.label() })
         }
@@ -300,20 +164,28 @@ async fn handshake<T: Transport>(
 /// A call that never started still gets a minimal result where the transport's contract says so
 /// (Exotel without config → `outside_hours`): zero duration, POSTed to `{api base}/call-results`
 /// derived from the config URL, through the outbox.
-async fn record_unstarted_call<T: Transport>(app: &AppState, transport: &T, bot_id: &str, reason: DisconnectedBy) {
-    let Some(base) = app.settings.config_url.as_deref().and_then(api_base) else {
+/// `config_url` is the call's own override of the settings' config URL (dial-out, attach).
+pub(crate) async fn record_unstarted_call(
+    app: &AppState,
+    config_url: Option<&str>,
+    transport: &'static str,
+    meta: &CallMeta,
+    bot_id: &str,
+    reason: DisconnectedBy,
+) {
+    let Some(base) = config_url.or(app.settings.config_url.as_deref()).and_then(api_base) else {
         info!(%reason, "no CXB API configured; the unstarted call is only logged");
         return;
     };
-    let meta = transport.meta().clone();
+    let meta = meta.clone();
     let summary = CallSummary {
         session_id: format!(
             "{}-{}",
-            transport.name(),
+            transport,
             if meta.stream_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { meta.stream_id.clone() }
         ),
         bot_id: bot_id.to_string(),
-        transport: transport.name(),
+        transport,
         stream_id: meta.stream_id,
         caller_id: meta.caller_id,
         did: meta.did,
@@ -335,8 +207,7 @@ pub fn api_base(config_url: &str) -> Option<String> {
 }
 
 fn reject_for_ws_error(e: &axum::Error) -> HandshakeEnd {
-    let text = e.to_string();
-    if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
+    if is_frame_too_large(e) {
         HandshakeEnd::Reject { code: 1009, reason: "frame too large".into(), metric: "frame_too_large" }
     } else {
         HandshakeEnd::Gone
@@ -368,11 +239,10 @@ fn spawn_config_fetch<T: Transport>(
 }
 
 /// Per-call state the driver keeps beside the engine.
-struct Driver<'a, T: Transport> {
+struct Driver<'a, L: CallLink> {
     app: &'a AppState,
     cfg: BotConfig,
-    ws: WsIo,
-    transport: T,
+    link: L,
     engine: Conversation,
     t0: Instant,
     vad: Option<VoiceDetector>,
@@ -380,7 +250,6 @@ struct Driver<'a, T: Transport> {
     tts: Option<TtsHandle>,
     llm_params: LlmParams,
     llm: Option<(u64, LlmStream)>,
-    out: Vec<OutFrame>,
     tool_results: Vec<Input>,
     extra_events: Vec<CallEvent>,
     protocol_errors: u32,
@@ -402,24 +271,47 @@ struct Driver<'a, T: Transport> {
     /// Smart-turn mode: the caller's last seconds at 16 kHz, the resampler to 16 kHz and its
     /// output scratch buffer.
     turn_audio: Option<(cxb_turn::TurnAudio, cxb_transports::resample::Resampler, Vec<i16>)>,
+    /// Set when the call ends outside the conversation (a dial-out that was never answered).
+    forced_end: Option<DisconnectedBy>,
+    /// Agent Desk: where a handoff is enqueued, once one has been asked for.
+    agent_desk: Option<handoff::AgentDeskTarget>,
+}
+
+/// What a route adds to a call beyond the link and the config.
+#[derive(Default)]
+pub struct CallOptions {
+    /// Audio that arrived with the answering frame.
+    pub early_audio: Option<Vec<i16>>,
+    /// The greeting waits for this (LiveKit dial-out rings first); `Err` ends the call unanswered.
+    pub answered: Option<tokio::sync::oneshot::Receiver<Result<(), Unanswered>>>,
+    /// Agent Desk handoff is possible for this call (LiveKit inbound, outbound, attach).
+    pub agent_desk: Option<handoff::AgentDeskTarget>,
+    /// The call's own config URL (dial-out / attach override), for derived CXB API URLs.
+    pub config_url: Option<String>,
+}
+
+/// Why a call that rang was never answered.
+#[derive(Debug, Clone)]
+pub struct Unanswered {
+    pub disconnected_by: DisconnectedBy,
+    pub detail: String,
 }
 
 /// Marks outstanding at once; older ones are forgotten (their echo then means nothing).
 const MAX_PENDING_MARKS: usize = 64;
 
-async fn run_conversation<T: Transport>(
+pub(crate) async fn run_conversation<L: CallLink>(
     app: &AppState,
-    ws: WsIo,
-    transport: T,
+    link: L,
     bot_id: &str,
     cfg: BotConfig,
-    early_audio: Option<Vec<i16>>,
+    options: CallOptions,
 ) {
     let started_at = chrono::Utc::now();
     let t0 = Instant::now();
-    let rate = transport.meta().sample_rate;
-    info!(caller_id = %transport.meta().caller_id, stream_id = %transport.meta().stream_id, rate, "call answered");
-    let transfer_transport = if transport.supports_transfer() { "websocket" } else { transport.name() };
+    let rate = link.meta().sample_rate;
+    info!(caller_id = %link.meta().caller_id, stream_id = %link.meta().stream_id, rate, "call started");
+    let transfer_transport = link.transfer_family();
     let (tools, tool_errors) = cxb_tools::ToolRegistry::from_config(&cfg.tools);
     for e in &tool_errors {
         warn!(error = %e, "custom tool binding is invalid; the tool will answer with an error");
@@ -431,7 +323,7 @@ async fn run_conversation<T: Transport>(
         let timing = cxb_engine::ToolTiming { timeout: t.timeout() + Duration::from_millis(500), pre_message: pre };
         engine_cfg.tool_timings.insert(t.name().to_string(), timing);
     }
-    let tool_vars = tool_variables(&cfg, transport.meta());
+    let tool_vars = tool_variables(&cfg, link.meta());
     let smart_turn = cfg.turn.mode.as_deref() == Some("smart_turn") && {
         let ok = crate::smart_turn::available();
         if !ok {
@@ -449,14 +341,12 @@ async fn run_conversation<T: Transport>(
         llm_params: providers::llm_params(&cfg, &app.settings),
         engine: Conversation::new(engine_cfg),
         cfg,
-        ws,
-        transport,
+        link,
         t0,
         vad: None,
         stt: None,
         tts: None,
         llm: None,
-        out: Vec::with_capacity(4),
         tool_results: Vec::new(),
         extra_events: Vec::new(),
         protocol_errors: 0,
@@ -472,6 +362,8 @@ async fn run_conversation<T: Transport>(
             let resampler = cxb_transports::resample::Resampler::new(rate, crate::smart_turn::MODEL_RATE);
             (cxb_turn::TurnAudio::new(Duration::from_millis(500)), resampler, Vec::new())
         }),
+        forced_end: None,
+        agent_desk: options.agent_desk,
     };
     d.rec = match crate::recordings::CallRecording::start(&app.settings, &d.cfg.session_id, rate, started_at) {
         Ok(r) => r,
@@ -481,26 +373,35 @@ async fn run_conversation<T: Transport>(
         }
     };
     let (stt_rx, tts_rx) = d.connect_providers(rate, vad_settings).await;
-    if let Some(audio) = early_audio {
+    if let Some(audio) = options.early_audio {
         d.on_caller_audio(&audio);
     }
-    d.run(stt_rx, tts_rx).await;
+    let (mut stt_rx, mut tts_rx) = (stt_rx, tts_rx);
+    let mut answered = options.answered;
+    d.run(&mut stt_rx, &mut tts_rx, &mut answered).await;
 
     // Teardown: close provider streams, build and hand off the result.
     d.flush_stt();
     if let Some(s) = &d.stt {
         s.close();
     }
+    d.llm = None;
+    let reason = d.forced_end.or(d.engine.disconnected_by()).unwrap_or(DisconnectedBy::Error);
+    // A handed-off call stays up after the conversation: the hold worker keeps the caller
+    // company until an agent takes over and the caller leaves (contract §6.7).
+    let handoff = if reason == DisconnectedBy::TransferToAgent && d.link.supports_handoff() {
+        Some(d.hold(&mut tts_rx).await)
+    } else {
+        None
+    };
     if let Some(t) = &d.tts {
         t.close();
     }
-    d.llm = None;
-    let reason = d.engine.disconnected_by().unwrap_or(DisconnectedBy::Error);
-    let meta = d.transport.meta().clone();
+    let meta = d.link.meta().clone();
     let summary = CallSummary {
         session_id: d.cfg.session_id.clone(),
         bot_id: if d.cfg.bot_id.is_empty() { bot_id.to_string() } else { d.cfg.bot_id.clone() },
-        transport: d.transport.name(),
+        transport: d.link.name(),
         stream_id: meta.stream_id,
         caller_id: meta.caller_id,
         did: meta.did,
@@ -551,10 +452,10 @@ async fn run_conversation<T: Transport>(
     // runs off the call's critical path (the slot is released when this function returns).
     let webhook = d.cfg.webhook_url.clone();
     let staged = app.delivery.stage(&payload, webhook.as_deref()).await;
-    if d.bot_hung_up {
-        d.ws.linger_for_peer_hangup().await;
+    if let Some(report) = &handoff {
+        d.report_handoff_end(report, &payload).await;
     }
-    d.ws.close(1000, "call ended").await;
+    d.link.finish(d.bot_hung_up).await;
     let (postcall, delivery, cfg) = (app.postcall.clone(), app.delivery.clone(), d.cfg.clone());
     tokio::spawn(
         async move {
@@ -673,6 +574,16 @@ fn vad_settings(cfg: &BotConfig) -> VadSettings {
     }
 }
 
+fn transfer_input(result: Result<(), String>) -> Input {
+    match result {
+        Ok(()) => Input::TransferResult { ok: true, error: None },
+        Err(error) => {
+            warn!(%error, "transfer failed");
+            Input::TransferResult { ok: false, error: Some(error) }
+        }
+    }
+}
+
 fn utterance_context(id: u64) -> String {
     format!("u{id}")
 }
@@ -689,6 +600,22 @@ async fn next_llm(llm: &mut Option<(u64, LlmStream)>) -> (u64, Option<LlmEvent>)
     }
 }
 
+/// The answer verdict of a ringing call; pending forever when there is none to wait for.
+/// A dropped sender means the dialling task died: the call fails as `error`.
+async fn wait_answer(
+    gate: &mut Option<tokio::sync::oneshot::Receiver<Result<(), Unanswered>>>,
+) -> Result<(), Unanswered> {
+    match gate {
+        Some(rx) => rx.await.unwrap_or_else(|_| {
+            Err(Unanswered {
+                disconnected_by: DisconnectedBy::Error,
+                detail: "the dialling task ended without a verdict".into(),
+            })
+        }),
+        None => std::future::pending().await,
+    }
+}
+
 async fn recv_opt<E>(rx: &mut Option<mpsc::Receiver<E>>) -> Option<E> {
     match rx {
         Some(r) => r.recv().await,
@@ -696,7 +623,7 @@ async fn recv_opt<E>(rx: &mut Option<mpsc::Receiver<E>>) -> Option<E> {
     }
 }
 
-impl<T: Transport> Driver<'_, T> {
+impl<L: CallLink> Driver<'_, L> {
     fn now(&self) -> Duration {
         self.t0.elapsed()
     }
@@ -750,17 +677,19 @@ impl<T: Transport> Driver<'_, T> {
             }
             Err(e) => self.service_failed(Service::Tts, e.provider(), e.to_string()),
         }
-        if !self.engine.is_ended() {
-            self.input(Input::Start);
-        }
         rx
     }
 
     async fn run(
         &mut self,
-        mut stt_rx: Option<mpsc::Receiver<SttEvent>>,
-        mut tts_rx: Option<mpsc::Receiver<TtsEvent>>,
+        stt_rx: &mut Option<mpsc::Receiver<SttEvent>>,
+        tts_rx: &mut Option<mpsc::Receiver<TtsEvent>>,
+        answered: &mut Option<tokio::sync::oneshot::Receiver<Result<(), Unanswered>>>,
     ) {
+        // The conversation starts now, or (dial-out) once the callee answers.
+        if answered.is_none() && !self.engine.is_ended() {
+            self.input(Input::Start);
+        }
         let idle = self.app.settings.inbound_idle_timeout();
         let mut last_inbound = tokio::time::Instant::now();
         let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
@@ -771,7 +700,7 @@ impl<T: Transport> Driver<'_, T> {
         tokio::pin!(engine_timer, idle_timer);
         let mut last_engine_wake = tokio::time::Instant::now();
         self.perform().await;
-        while !self.engine.is_ended() {
+        while !self.engine.is_ended() && self.forced_end.is_none() {
             let want = self.engine.poll_timeout().map(|d| tokio::time::Instant::from_std(self.t0 + d));
             let want = want.map(|t| t.max(last_engine_wake + PLAYOUT_COALESCE));
             match want {
@@ -782,12 +711,27 @@ impl<T: Transport> Driver<'_, T> {
                 _ => {}
             }
             tokio::select! {
-                msg = self.ws.rx.next() => {
+                ev = self.link.recv() => {
                     last_inbound = tokio::time::Instant::now();
-                    self.on_ws_message(msg);
+                    self.on_link_event(ev);
                 }
-                ev = recv_opt(&mut stt_rx) => self.on_stt(ev),
-                ev = recv_opt(&mut tts_rx) => self.on_tts(ev),
+                verdict = wait_answer(answered) => {
+                    *answered = None;
+                    match verdict {
+                        Ok(()) => {
+                            info!("callee answered; starting the conversation");
+                            self.extra_events.push(self.event("call_answered", json!({})));
+                            self.input(Input::Start);
+                        }
+                        Err(u) => {
+                            info!(disconnected_by = %u.disconnected_by, detail = %u.detail, "call not answered");
+                            self.extra_events.push(self.event("call_not_answered", json!({"disconnected_by": u.disconnected_by.as_str(), "detail": u.detail})));
+                            self.forced_end = Some(u.disconnected_by);
+                        }
+                    }
+                }
+                ev = recv_opt(stt_rx) => self.on_stt(ev),
+                ev = recv_opt(tts_rx) => self.on_tts(ev),
                 (turn, ev) = next_llm(&mut self.llm) => self.on_llm(turn, ev),
                 Some(input) = self.tool_rx.recv() => self.input(input),
                 _ = &mut engine_timer => {
@@ -798,8 +742,9 @@ impl<T: Transport> Driver<'_, T> {
                 }
                 _ = &mut idle_timer => {
                     // Lazily re-armed: frames only move `last_inbound`; the timer checks it here.
-                    if last_inbound + idle > tokio::time::Instant::now() {
-                        idle_timer.as_mut().reset(last_inbound + idle);
+                    // A ringing call has no caller audio yet; the dialling bounds that wait.
+                    if last_inbound + idle > tokio::time::Instant::now() || answered.is_some() {
+                        idle_timer.as_mut().reset(tokio::time::Instant::now().max(last_inbound) + idle);
                     } else {
                         warn!("no frame from the caller for {idle:?}; the client has vanished");
                         self.extra_events.push(self.event("caller_vanished", json!({"idle_ms": idle.as_millis() as u64})));
@@ -827,40 +772,32 @@ impl<T: Transport> Driver<'_, T> {
         }
     }
 
-    fn on_ws_message(&mut self, msg: Option<Result<Message, axum::Error>>) {
-        match msg {
-            None | Some(Ok(Message::Close(_))) => {
-                info!("caller closed the connection");
+    fn on_link_event(&mut self, ev: LinkEvent) {
+        match ev {
+            LinkEvent::Inbound(inb) => self.on_inbound(inb),
+            LinkEvent::Protocol(e) => self.protocol_error(e),
+            LinkEvent::Gone { why } => {
+                info!(%why, "caller gone");
                 self.input(Input::CustomerHangup);
             }
-            Some(Err(e)) => {
-                if let HandshakeEnd::Reject { reason, .. } = reject_for_ws_error(&e) {
-                    warn!(error = %e, limit = self.app.settings.max_frame_bytes, "oversized frame; ending the call");
-                    self.extra_events.push(self.event(
-                        "protocol_error",
-                        json!({"error": reason, "limit_bytes": self.app.settings.max_frame_bytes}),
-                    ));
-                    self.input(Input::ServiceFailed { service: Service::Transport, error: format!("{e}") });
-                } else {
-                    info!(error = %e, "connection lost");
-                    self.input(Input::CustomerHangup);
+            LinkEvent::Failed { error, event } => {
+                if let Some((kind, data)) = event {
+                    self.extra_events.push(self.event(kind, data));
                 }
+                warn!(%error, "the link to the caller failed; ending the call");
+                self.input(Input::ServiceFailed { service: Service::Transport, error });
             }
-            Some(Ok(Message::Text(t))) => match self.transport.on_text(&t) {
-                Ok(inb) => self.on_inbound(inb),
-                Err(e) => self.protocol_error(e),
-            },
-            Some(Ok(Message::Binary(b))) => match self.transport.on_binary(&b) {
-                Ok(inb) => self.on_inbound(inb),
-                Err(e) => self.protocol_error(e),
-            },
-            Some(Ok(_)) => {}
+            // Agents only matter once the call is handed off (see `hold`).
+            LinkEvent::AgentJoined { identity } | LinkEvent::AgentLeft { identity } => {
+                debug!(%identity, "agent participant change before any handoff")
+            }
+            LinkEvent::AgentAudio(_) => {}
         }
     }
 
     fn protocol_error(&mut self, e: ProtocolError) {
         self.protocol_errors += 1;
-        metrics::counter!("cxb_protocol_errors_total", "transport" => self.transport.name()).increment(1);
+        metrics::counter!("cxb_protocol_errors_total", "transport" => self.link.name()).increment(1);
         // Log the first few in full, then only count, so a flood cannot fill the logs.
         if self.protocol_errors <= 5 {
             warn!(error = %e, "ignoring bad frame");
@@ -897,7 +834,7 @@ impl<T: Transport> Driver<'_, T> {
             rec.customer(samples, self.t0.elapsed());
         }
         self.stt_buf.extend_from_slice(samples);
-        let batch = (self.transport.meta().sample_rate as usize * STT_BATCH_MS / 1000).max(1);
+        let batch = (self.link.meta().sample_rate as usize * STT_BATCH_MS / 1000).max(1);
         if self.stt_buf.len() >= batch {
             self.flush_stt();
         }
@@ -1016,13 +953,13 @@ impl<T: Transport> Driver<'_, T> {
                     if let Some(rec) = &mut self.rec {
                         rec.bot(&frame, self.t0.elapsed());
                     }
-                    self.transport.audio(&frame, &mut self.out)
+                    self.link.audio(&frame)
                 }
                 Action::ClearAudio => {
                     if let Some(rec) = &mut self.rec {
                         rec.bot_cleared(self.t0.elapsed());
                     }
-                    self.transport.clear(&mut self.out)
+                    self.link.clear()
                 }
                 Action::Speak { utterance, text } => {
                     self.tts_command(|t| t.speak(&utterance_context(utterance), &text))
@@ -1052,25 +989,32 @@ impl<T: Transport> Driver<'_, T> {
                     }
                 }
                 Action::UtteranceDone { utterance } => {
-                    if let Some(mark) = self.transport.utterance_done(&mut self.out) {
+                    if let Some(mark) = self.link.utterance_done() {
                         if self.marks.len() >= MAX_PENDING_MARKS {
                             self.marks.clear();
                         }
                         self.marks.insert(mark, utterance);
                     }
                 }
-                Action::Transfer { destination, method, target, reason } => {
+                Action::Transfer { destination, method, kind, target, reason } => {
                     info!(%destination, %method, %target, %reason, "transferring the call");
-                    let result = self.transport.transfer(&destination, &reason, &mut self.out);
-                    let input = match result {
-                        // The dialler does not acknowledge reverse-call-transfer: sent is done.
-                        Ok(()) => Input::TransferResult { ok: true, error: None },
-                        Err(e) => {
-                            warn!(error = %e, "transfer failed");
-                            Input::TransferResult { ok: false, error: Some(e.to_string()) }
-                        }
+                    let start = if method == cxb_wire::transfer::METHOD_AGENT_DESK {
+                        self.enqueue_handoff(&destination, &target, &reason)
+                    } else {
+                        self.link.transfer(&destination, &method, &kind, &reason)
                     };
-                    self.tool_results.push(input);
+                    match start {
+                        TransferStart::Done(result) => self.tool_results.push(transfer_input(result)),
+                        TransferStart::Pending(fut) => {
+                            let tx = self.tool_tx.clone();
+                            tokio::spawn(
+                                async move {
+                                    let _ = tx.send(transfer_input(fut.await)).await;
+                                }
+                                .in_current_span(),
+                            );
+                        }
+                    }
                 }
                 Action::RunTool { call_id, name, arguments } => self.run_tool(call_id, name, arguments),
                 Action::PredictTurn => {
@@ -1087,20 +1031,17 @@ impl<T: Transport> Driver<'_, T> {
                 }
                 Action::End { disconnected_by, hang_up } => {
                     if hang_up {
-                        self.transport.hang_up(&mut self.out);
+                        self.link.hang_up();
                         self.bot_hung_up = true;
                     }
                     info!(%disconnected_by, hang_up, "ending call");
                 }
             }
         }
-        if !self.out.is_empty() {
-            let frames: Vec<OutFrame> = self.out.drain(..).collect();
-            if !self.ws.send_all(frames).await && !self.engine.is_ended() {
-                self.input(Input::CustomerHangup);
-                Box::pin(self.perform()).await;
-                return;
-            }
+        if !self.link.flush().await && !self.engine.is_ended() {
+            self.input(Input::CustomerHangup);
+            Box::pin(self.perform()).await;
+            return;
         }
         // Tool results produced while performing are fed on the next loop turn.
         if !self.tool_results.is_empty() && !self.engine.is_ended() {

@@ -7,6 +7,8 @@ pub mod auth;
 pub mod call;
 pub mod config_client;
 pub mod delivery;
+pub mod link;
+pub mod livekit;
 pub mod metrics_setup;
 pub mod postcall;
 pub mod providers;
@@ -38,6 +40,17 @@ pub async fn serve(
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow_free::Result<()> {
+    serve_with(listener, settings, shutdown, |_| {}).await
+}
+
+/// [`serve`] with a hook that adjusts the shared state before the first request — how
+/// in-process tests put a fake LiveKit room connector in place of the FFI engine.
+pub async fn serve_with(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    customize: impl FnOnce(&mut app::AppState),
+) -> anyhow_free::Result<()> {
     let handle = metrics_setup::install();
     let drain = Duration::from_secs(settings.drain_secs);
     let mode = match &settings.config_url {
@@ -48,7 +61,8 @@ pub async fn serve(
             settings.results_dir().display()
         ),
     };
-    let state = app::AppState::new(settings, handle).await?;
+    let mut state = app::AppState::new(settings, handle).await?;
+    customize(&mut state);
     let tracker = state.tracker.clone();
     let outbox = state.delivery.outbox().clone();
     let outbox_stop = tokio_util::sync::CancellationToken::new();

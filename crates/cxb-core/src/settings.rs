@@ -108,6 +108,9 @@ pub struct Settings {
     #[command(flatten)]
     pub telephony: crate::transports::TelephonySettings,
 
+    #[command(flatten)]
+    pub livekit: crate::livekit::LiveKitSettings,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -193,6 +196,17 @@ impl Settings {
     pub fn inbound_idle_timeout(&self) -> Duration {
         Duration::from_millis(self.inbound_idle_timeout_ms)
     }
+    /// The CXB API base (`…/api/v1`) for SIP lookups, minimal results and Agent Desk:
+    /// `CXB_API_URL`, else derived from the config URL.
+    pub fn api_base(&self) -> Option<String> {
+        self.livekit
+            .api_url
+            .as_deref()
+            .map(|u| u.trim_end_matches('/').to_string())
+            .filter(|u| !u.is_empty())
+            .or_else(|| self.config_url.as_deref().and_then(crate::call::api_base))
+    }
+
     pub fn results_dir(&self) -> PathBuf {
         self.data_dir.join("results")
     }

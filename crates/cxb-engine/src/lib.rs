@@ -334,6 +334,8 @@ pub enum Action {
     Transfer {
         destination: String,
         method: String,
+        /// The target's `type` (`sip_uri`, `tel_uri`, `phone_number`, `extension`, `agent_queue`).
+        kind: String,
         target: String,
         reason: String,
     },
@@ -1188,6 +1190,12 @@ impl Conversation {
                 tool_call_id: call.id,
                 content: format!("ok: the caller is being transferred to {}", resolved.target),
             });
+            if resolved.method == transfer::METHOD_AGENT_DESK {
+                // The handoff is durably enqueued: the conversation is over, but the caller
+                // stays connected (the driver's hold worker takes over until an agent joins).
+                self.end(now, DisconnectedBy::TransferToAgent, false);
+                return;
+            }
             self.transfer = TransferState::Done { deadline: now + self.cfg.transfer_hold };
             return;
         }
@@ -1215,6 +1223,7 @@ impl Conversation {
         self.actions.push_back(Action::Transfer {
             destination: resolved.destination.clone(),
             method: resolved.method.clone(),
+            kind: resolved.kind.clone(),
             target: resolved.target.clone(),
             reason: reason.clone(),
         });

@@ -131,4 +131,10 @@ pub type ConnectFuture = Pin<Box<dyn Future<Output = Result<RoomHandle, RoomErro
 /// Joins rooms. Shared across calls (`Arc<dyn RoomConnector>`).
 pub trait RoomConnector: Send + Sync + 'static {
     fn connect(&self, request: JoinRequest) -> ConnectFuture;
+
+    /// False when joins cannot work at all (the media engine failed to load): routes refuse
+    /// calls up front instead of accepting ones they cannot carry.
+    fn is_available(&self) -> bool {
+        true
+    }
 }

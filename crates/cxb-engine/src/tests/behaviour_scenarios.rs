@@ -638,6 +638,7 @@ fn transfer_announces_then_transfers_to_the_resolved_target() {
         Action::Transfer {
             destination: "2001".into(),
             method: "websocket_reverse_transfer".into(),
+            kind: "extension".into(),
             target: "Sales".into(),
             reason: "wants sales".into()
         }
@@ -652,6 +653,34 @@ fn transfer_announces_then_transfers_to_the_resolved_target() {
     // The caller leaves once the dialler has taken the call.
     sim.input(Input::CustomerHangup);
     assert_eq!(sim.ended(), Some((DisconnectedBy::Customer, false)));
+}
+
+#[test]
+fn an_agent_desk_handoff_ends_the_conversation_without_hanging_up() {
+    let mut c = transfer_cfg();
+    let options = c.transfer.as_mut().unwrap();
+    options.transport = "livekit_inbound".into();
+    options.targets = vec![TransferTarget {
+        id: Some("q1".into()),
+        label: "Collections desk".into(),
+        method: "agent_desk".into(),
+        kind: "agent_queue".into(),
+        value: "collections".into(),
+        is_default: true,
+        enabled: true,
+    }];
+    let mut sim = Sim::new(c);
+    sim.llm_script.push_back(tool(TRANSFER_TOOL, r#"{"reason":"wants a person"}"#));
+    sim.input(Input::Start);
+    sim.advance(secs(3.0));
+    sim.caller_says("let me talk to a real person", 1000);
+    sim.advance(secs(6.0));
+    let t = sim.log.iter().find(|(_, a)| matches!(a, Action::Transfer { .. })).expect("handed off").1.clone();
+    let Action::Transfer { destination, method, kind, .. } = t else { unreachable!() };
+    assert_eq!((destination.as_str(), method.as_str(), kind.as_str()), ("collections", "agent_desk", "agent_queue"));
+    // A durable enqueue ends the bot's part; the caller is not hung up on.
+    assert_eq!(sim.ended(), Some((DisconnectedBy::TransferToAgent, false)));
+    assert_eq!(events(&sim, "transfer_sent").len(), 1);
 }
 
 #[test]

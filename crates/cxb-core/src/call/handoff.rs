@@ -1,0 +1,382 @@
+//! Agent Desk handoff (contract §6.7): durable enqueue, the hold worker, and the updates.
+//!
+//! 1. `transfer_call` resolves to an `agent_desk` target → [`Driver::enqueue_handoff`] persists
+//!    `POST {api}/agent-desk/enqueue` in the outbox; persisted = success, and the engine ends
+//!    the conversation as `transfer_to_agent` without hanging up.
+//! 2. [`Driver::hold`] keeps the caller company ([`cxb_agent_desk::Hold`]): the hold message
+//!    through TTS, hold music from `assets/`, reminders; it goes quiet when an agent joins and
+//!    ends when the caller leaves, the room closes, every agent leaves or the hold limit passes.
+//!    `max_call_duration` no longer applies: the conversation engine has already ended.
+//! 3. [`Driver::report_handoff_end`] sends the events, the final transcript, the recording and
+//!    `customer-disconnected`, all through the outbox.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use cxb_agent_desk::protocol::{
+    AgentDeskEvent, Caller, CustomerDisconnected, EnqueueRequest, EnqueueTarget, RecordingUpdate, Role,
+    TranscriptEntry, TranscriptUpdate,
+};
+use cxb_agent_desk::{AgentDesk, Hold, HoldAction, HoldAudio, HoldConfig, HoldInput, HoldOutcome};
+use cxb_providers::tts::TtsEvent;
+use cxb_transports::Inbound;
+use cxb_wire::result::Speaker;
+use cxb_wire::CallResultsPayload;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn, Instrument};
+
+use super::{recv_opt, Driver};
+use crate::link::{CallLink, LinkEvent, TransferStart};
+
+/// Where and as what a call is handed to Agent Desk.
+#[derive(Debug, Clone)]
+pub struct AgentDeskTarget {
+    /// `{api}/api/v1` — the enqueue and update routes hang off it.
+    pub api_base: String,
+    pub room_name: String,
+    pub call_id: String,
+}
+
+/// At most this much hold-message audio is buffered (the TTS sends faster than real time).
+const MAX_MESSAGE_SAMPLES: usize = 16_000 * 60;
+/// Events per Agent Desk events update.
+const EVENTS_PER_UPDATE: usize = 50;
+
+/// How the handed-off part of the call went.
+#[derive(Debug)]
+pub(super) struct HandoffReport {
+    outcome: HoldOutcome,
+    reason: String,
+    hold: Duration,
+    agent_joined: bool,
+    ended_at: chrono::DateTime<chrono::Utc>,
+    events: Vec<AgentDeskEvent>,
+}
+
+impl HandoffReport {
+    /// Should the bot end the caller's leg as it leaves? Not when the caller is already gone.
+    pub(super) fn hang_up_caller(&self) -> bool {
+        matches!(self.outcome, HoldOutcome::HoldTimeout | HoldOutcome::AgentFinished | HoldOutcome::EndRequested)
+    }
+}
+
+impl<L: CallLink> Driver<'_, L> {
+    fn desk(&self) -> Result<(AgentDesk, AgentDeskTarget), String> {
+        let target = self.agent_desk.clone().ok_or("Agent Desk is not available on this call")?;
+        let desk =
+            AgentDesk::new(target.api_base.clone(), self.app.settings.secret.clone()).map_err(|e| e.to_string())?;
+        Ok((desk, target))
+    }
+
+    fn desk_transcript(&self) -> Vec<TranscriptEntry> {
+        self.engine
+            .record()
+            .transcript
+            .iter()
+            .map(|l| TranscriptEntry {
+                role: match l.speaker {
+                    Speaker::Customer => Role::Customer,
+                    Speaker::Bot => Role::Bot,
+                },
+                text: l.text.clone(),
+                at_seconds: l.at.as_secs_f64(),
+            })
+            .collect()
+    }
+
+    /// Persist the enqueue request; the transfer "succeeds" once it is durable.
+    pub(super) fn enqueue_handoff(&mut self, destination: &str, target: &str, reason: &str) -> TransferStart {
+        let (desk, t) = match self.desk() {
+            Ok(v) => v,
+            Err(e) => return TransferStart::Done(Err(e)),
+        };
+        let meta = self.link.meta();
+        let variables: BTreeMap<String, String> = meta
+            .connected_event
+            .iter()
+            .filter_map(|(k, v)| match v {
+                Value::String(s) => Some((k.clone(), s.clone())),
+                Value::Number(_) | Value::Bool(_) => Some((k.clone(), v.to_string())),
+                _ => None,
+            })
+            .collect();
+        let request = EnqueueRequest {
+            call_id: t.call_id.clone(),
+            session_id: self.cfg.session_id.clone(),
+            room_name: t.room_name.clone(),
+            bot_id: self.cfg.bot_id.clone(),
+            transport: self.link.name().to_string(),
+            caller: Caller {
+                number: Some(meta.caller_id.clone()).filter(|n| !n.is_empty()),
+                identity: self.link.caller_identity().unwrap_or_default().to_string(),
+            },
+            escalation_reason: reason.to_string(),
+            target: EnqueueTarget { id: None, label: target.to_string(), value: destination.to_string() },
+            transcript: self.desk_transcript(),
+            variables,
+            context: meta.connected_event.clone(),
+            enqueued_at: chrono::Utc::now(),
+        };
+        let entry = match desk.enqueue(&request) {
+            Ok(e) => e,
+            Err(e) => return TransferStart::Done(Err(format!("Agent Desk request is invalid: {e}"))),
+        };
+        let outbox = self.app.delivery.outbox().clone();
+        TransferStart::Pending(Box::pin(
+            async move {
+                match outbox.enqueue(entry).await {
+                    Ok(id) => {
+                        info!(entry = %id, "Agent Desk handoff persisted");
+                        metrics::counter!("cxb_agent_desk_handoffs_total").increment(1);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        error!(error = %e, "could not persist the Agent Desk handoff");
+                        Err(format!("the handoff could not be queued: {e}"))
+                    }
+                }
+            }
+            .in_current_span(),
+        ))
+    }
+
+    /// Keep the caller company until the handed-off call is over.
+    pub(super) async fn hold(&mut self, tts_rx: &mut Option<mpsc::Receiver<TtsEvent>>) -> HandoffReport {
+        let s = &self.app.settings.livekit;
+        let rate = self.link.meta().sample_rate;
+        let audio = HoldAudio::load(&s.hold_audio, rate).or_else(|e| {
+            warn!(error = %e, path = %s.hold_audio.display(), "hold music unavailable; using the built-in chime");
+            HoldAudio::tone(rate)
+        });
+        let cfg = HoldConfig {
+            message: Some(s.hold_message.clone()).filter(|m| !m.trim().is_empty()),
+            reminder_every: Duration::from_secs(s.hold_reminder_s),
+            max_hold: Duration::from_secs(s.hold_max_s.max(1)),
+            ..HoldConfig::default()
+        };
+        let started_utc = chrono::Utc::now();
+        let origin = self.now();
+        let audio = match audio {
+            Ok(a) => a,
+            Err(e) => {
+                // Cannot happen with the built-in tone; still, never leave a call hanging.
+                error!(error = %e, "no hold audio at all; ending the handoff");
+                return HandoffReport {
+                    outcome: HoldOutcome::EndRequested,
+                    reason: format!("no hold audio: {e}"),
+                    hold: Duration::ZERO,
+                    agent_joined: false,
+                    ended_at: chrono::Utc::now(),
+                    events: Vec::new(),
+                };
+            }
+        };
+        let mut hold = Hold::new(cfg, audio);
+        let mut events = Vec::new();
+        let mut message: VecDeque<i16> = VecDeque::new();
+        let mut message_ctx: Option<String> = None;
+        let mut message_synth_done = false;
+        let mut messages = 0u32;
+        let frame_len = (rate as usize / 50).max(1);
+        let mut frame = Vec::with_capacity(frame_len);
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        info!("caller on hold for Agent Desk");
+        hold.handle(self.now() - origin, HoldInput::Start);
+        let report = loop {
+            // Perform what the hold worker asked for.
+            let mut ended = None;
+            while let Some(action) = hold.poll_action() {
+                match action {
+                    HoldAction::Speak { text } => {
+                        messages += 1;
+                        let ctx = format!("h{messages}");
+                        message.clear();
+                        message_synth_done = false;
+                        match &self.tts {
+                            Some(t) if t.speak(&ctx, &text).and_then(|_| t.flush(&ctx)).is_ok() => {
+                                message_ctx = Some(ctx)
+                            }
+                            _ => {
+                                warn!("cannot speak the hold message; music only");
+                                message_ctx = None;
+                                hold.handle(self.now() - origin, HoldInput::MessageDone);
+                            }
+                        }
+                    }
+                    HoldAction::StopAudio => {
+                        if let (Some(ctx), Some(t)) = (message_ctx.take(), &self.tts) {
+                            let _ = t.cancel(&ctx);
+                        }
+                        message.clear();
+                        self.link.clear();
+                        if let Some(rec) = &mut self.rec {
+                            rec.bot_cleared(self.t0.elapsed());
+                        }
+                    }
+                    HoldAction::Event { kind, at, data } => {
+                        let at_utc = started_utc + chrono::Duration::from_std(at).unwrap_or_default();
+                        self.extra_events.push(self.event(kind, Value::Object(data.clone())));
+                        events.push(AgentDeskEvent::new(kind, at_utc, data));
+                    }
+                    HoldAction::End { outcome, reason, at: _, hold: held, agent_joined } => {
+                        ended = Some(HandoffReport {
+                            outcome,
+                            reason,
+                            hold: held,
+                            agent_joined,
+                            ended_at: chrono::Utc::now(),
+                            events: Vec::new(),
+                        });
+                    }
+                }
+            }
+            if let Some(mut report) = ended {
+                report.events = std::mem::take(&mut events);
+                break report;
+            }
+            if !self.link.flush().await {
+                hold.handle(self.now() - origin, HoldInput::CustomerLeft { reason: "link closed".into() });
+                continue;
+            }
+            tokio::select! {
+                _ = tick.tick() => {
+                    let now = self.now() - origin;
+                    hold.handle_timeout(now);
+                    // The hold message, paced at one frame per tick; music otherwise.
+                    if message_ctx.is_some() && !message.is_empty() {
+                        frame.clear();
+                        frame.extend(message.drain(..frame_len.min(message.len())));
+                        frame.resize(frame_len, 0);
+                        self.play_hold_frame(&frame);
+                    } else if message_ctx.is_some() && message_synth_done {
+                        message_ctx = None;
+                        hold.handle(now, HoldInput::MessageDone);
+                    }
+                    let mut released = 0;
+                    while let Some(f) = hold.poll_frame(now) {
+                        frame.clear();
+                        frame.extend_from_slice(f);
+                        self.play_hold_frame(&frame);
+                        released += 1;
+                        if released >= 4 {
+                            break;
+                        }
+                    }
+                }
+                ev = self.link.recv() => {
+                    let now = self.now() - origin;
+                    match ev {
+                        LinkEvent::Inbound(Inbound::Audio(pcm)) => {
+                            if let Some(rec) = &mut self.rec {
+                                rec.customer(&pcm, self.t0.elapsed());
+                            }
+                        }
+                        LinkEvent::Inbound(Inbound::Hangup { .. }) => {
+                            hold.handle(now, HoldInput::CustomerLeft { reason: "hangup".into() })
+                        }
+                        LinkEvent::Inbound(_) | LinkEvent::Protocol(_) => {}
+                        LinkEvent::AgentAudio(pcm) => {
+                            if let Some(rec) = &mut self.rec {
+                                rec.bot(&pcm, self.t0.elapsed());
+                            }
+                        }
+                        LinkEvent::AgentJoined { identity } => {
+                            info!(%identity, "an agent joined the call");
+                            hold.handle(now, HoldInput::AgentJoined { identity });
+                        }
+                        LinkEvent::AgentLeft { identity } => {
+                            info!(%identity, "an agent left the call");
+                            hold.handle(now, HoldInput::AgentLeft { identity });
+                        }
+                        LinkEvent::Gone { why } if why.starts_with("room") => {
+                            hold.handle(now, HoldInput::RoomClosed { reason: why })
+                        }
+                        LinkEvent::Gone { why } => hold.handle(now, HoldInput::CustomerLeft { reason: why }),
+                        LinkEvent::Failed { error, .. } => hold.handle(now, HoldInput::RoomClosed { reason: error }),
+                    }
+                }
+                ev = recv_opt(tts_rx) => match ev {
+                    Some(TtsEvent::Audio { context_id, pcm }) if message_ctx.as_deref() == Some(context_id.as_str()) => {
+                        let room = MAX_MESSAGE_SAMPLES.saturating_sub(message.len());
+                        message.extend(pcm.iter().take(room));
+                    }
+                    Some(TtsEvent::Done { context_id }) if message_ctx.as_deref() == Some(context_id.as_str()) => {
+                        message_synth_done = true;
+                    }
+                    Some(TtsEvent::Error { error, .. }) => {
+                        warn!(error = %error, "hold message synthesis failed; music only");
+                        message_synth_done = true;
+                        message.clear();
+                    }
+                    Some(_) => {}
+                    None => {
+                        *tts_rx = None;
+                        message_synth_done = true;
+                    }
+                },
+            }
+        };
+        info!(outcome = %report.outcome, reason = %report.reason, hold_s = report.hold.as_secs(), agent_joined = report.agent_joined, "handoff over");
+        self.extra_events.push(self.event(
+            "agent_desk_ended",
+            json!({"outcome": report.outcome.as_str(), "reason": report.reason, "hold_seconds": report.hold.as_secs_f64(), "agent_joined": report.agent_joined}),
+        ));
+        if report.hang_up_caller() {
+            self.link.hang_up();
+            self.bot_hung_up = true;
+        }
+        report
+    }
+
+    fn play_hold_frame(&mut self, frame: &[i16]) {
+        if let Some(rec) = &mut self.rec {
+            rec.bot(frame, self.t0.elapsed());
+        }
+        self.link.audio(frame);
+    }
+
+    /// The handed-off call is over: tell Agent Desk everything, durably.
+    pub(super) async fn report_handoff_end(&mut self, report: &HandoffReport, payload: &CallResultsPayload) {
+        let (desk, t) = match self.desk() {
+            Ok(v) => v,
+            Err(e) => return warn!(error = %e, "cannot send the Agent Desk updates"),
+        };
+        let mut entries = Vec::new();
+        for chunk in report.events.chunks(EVENTS_PER_UPDATE) {
+            entries.push(desk.events(&t.call_id, chunk));
+        }
+        entries.push(
+            desk.transcript(&t.call_id, &TranscriptUpdate { transcript: self.desk_transcript(), is_final: true }),
+        );
+        if let Some(key) = &payload.recording_key {
+            let update = RecordingUpdate {
+                recording_key: key.clone(),
+                recording_url: payload.recording_url.clone(),
+                duration_seconds: payload.call_duration_seconds,
+            };
+            entries.push(desk.recording(&t.call_id, &update));
+        }
+        // Every end of the handoff ends the customer's leg (left, room closed, or hung up by us).
+        {
+            let update = CustomerDisconnected {
+                reason: report.outcome.as_str().to_string(),
+                at: report.ended_at,
+                hold_seconds: report.hold.as_secs_f64(),
+                agent_joined: report.agent_joined,
+            };
+            entries.push(desk.customer_disconnected(&t.call_id, &update));
+        }
+        for entry in entries {
+            match entry {
+                Ok(e) => {
+                    if let Err(err) = self.app.delivery.outbox().enqueue(e).await {
+                        error!(error = %err, "could not persist an Agent Desk update");
+                    }
+                }
+                Err(e) => warn!(error = %e, "invalid Agent Desk update"),
+            }
+        }
+    }
+}
