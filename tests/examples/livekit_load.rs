@@ -13,8 +13,9 @@
 //!    SIP lookup at the fake CXB API, accept) with 20 in flight; each dispatched call is ended at once.
 //! 2. **CPU per call-minute of the 16 kHz path**: every attach call's caller streams the scripted
 //!    caller WAVs at 16 kHz in real time (20 ms frames) with pauses the bot answers in, for
-//!    `--duration-s`; the process's CPU time over that window / call-minutes. It includes the
-//!    caller side's frame feeding (small: a channel send per frame), not cxb-sim's.
+//!    up to `--duration-s` (the script's third turn says goodbye and the bot hangs up); the
+//!    process's CPU time over that window / the calls' summed duration. It includes the caller
+//!    side's frame feeding (small: a channel send per frame), not cxb-sim's.
 
 use std::time::{Duration, Instant};
 
@@ -121,13 +122,16 @@ async fn main() {
             let start = Instant::now();
             let mut n = 0;
             say(&room, &identity, &[], 3000).await;
-            while start.elapsed() + Duration::from_secs(7) < duration {
+            // The script's third turn says goodbye and the bot ends the call (`end_call`).
+            while !room.is_disconnected() && start.elapsed() + Duration::from_secs(7) < duration {
                 say(&room, &identity, &turns[n % turns.len()], 4000).await;
                 n += 1;
             }
-            let rest = duration.saturating_sub(start.elapsed());
-            say(&room, &identity, &[], rest.as_millis() as u64).await;
-            let _ = room.participant_left(&identity, None).await;
+            if !room.is_disconnected() {
+                let rest = duration.saturating_sub(start.elapsed());
+                say(&room, &identity, &[], rest.as_millis() as u64).await;
+                let _ = room.participant_left(&identity, None).await;
+            }
             n
         }));
     }
@@ -181,11 +185,19 @@ async fn main() {
         .filter(|r| r["transport"] == "attach")
         .map(|r| r["transcript"].as_array().map_or(0, |t| t.iter().filter(|l| l["speaker"] == "bot").count()))
         .sum();
-    let call_minutes = a.calls as f64 * window.as_secs_f64() / 60.0;
+    // Call time as the worker measured it (answer to hang-up), summed over the attach calls.
+    let call_minutes: f64 = results
+        .iter()
+        .filter(|r| r["transport"] == "attach")
+        .filter_map(|r| r["call_duration_seconds"].as_f64())
+        .sum::<f64>()
+        / 60.0;
     let (a50, a95, a99) = percentiles(attach_ms);
     let (d50, d95, d99) = percentiles(dispatch_ms);
     let summary = json!({
         "calls": a.calls,
+        "call_minutes": call_minutes,
+        "disconnected_by_bot": results.iter().filter(|r| r["transport"] == "attach" && r["disconnected_by"] == "bot").count(),
         "call_window_s": window.as_secs_f64(),
         "attach_results": attach_results,
         "dispatch_results": results.len() - attach_results,

@@ -148,6 +148,20 @@ impl Sim {
     }
 }
 
+/// cxb-sim serving `assets/sim/script.json` as changed by `edit` (rules, per-bot config
+/// overrides under `bots`, SIP number maps, ...). Keep the returned directory alive.
+pub async fn sim_with_script(edit: impl FnOnce(&mut Value)) -> (Sim, tempfile::TempDir) {
+    let mut script: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo_root().join("assets/sim/script.json")).expect("script"))
+            .expect("script is JSON");
+    edit(&mut script);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("script.json");
+    std::fs::write(&path, script.to_string()).expect("write script");
+    let sim = Sim::start(&["--script", path.to_str().expect("utf-8 path")]).await;
+    (sim, dir)
+}
+
 /// The worker under test.
 pub struct Worker {
     pub proc: Proc,

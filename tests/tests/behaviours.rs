@@ -11,17 +11,13 @@ use serde_json::{json, Value};
 /// A sim whose LLM answers "order status" (caller-1's transcript) with `reply`, and which serves
 /// `bot` with `overrides` merged into its config.
 async fn sim_with(reply: Value, bot: &str, overrides: Value) -> (Sim, tempfile::TempDir) {
-    let mut script: Value =
-        serde_json::from_str(&std::fs::read_to_string(repo_root().join("assets/sim/script.json")).unwrap()).unwrap();
-    if !reply.is_null() {
-        script["rules"] = json!([{"when_user_says": "order status", "reply": reply}]);
-    }
-    script["bots"] = json!({ bot: overrides });
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("script.json");
-    std::fs::write(&path, script.to_string()).unwrap();
-    let sim = Sim::start(&["--script", path.to_str().unwrap()]).await;
-    (sim, dir)
+    sim_with_script(|script| {
+        if !reply.is_null() {
+            script["rules"] = json!([{"when_user_says": "order status", "reply": reply}]);
+        }
+        script["bots"] = json!({ bot: overrides });
+    })
+    .await
 }
 
 fn events<'a>(r: &'a Value, kind: &str) -> Vec<&'a Value> {

@@ -167,7 +167,8 @@ async fn answered_dial_returns_info_after_the_delay_and_joins_the_room() {
     let call = lk.calls_to("CreateSIPParticipant").pop().expect("recorded");
     assert_eq!(call.method, "livekit.SIP/CreateSIPParticipant");
     assert!(call.authorized);
-    assert!(call.at >= started && call.at < started + Duration::from_millis(250), "recorded on arrival");
+    // Recorded on arrival: the answer came a full delay after the record.
+    assert!(call.at >= started && call.at + Duration::from_millis(290) <= started + elapsed, "recorded on arrival");
     let body = &call.body;
     assert_eq!(body["sip_trunk_id"], "ST_trunk");
     assert_eq!(body["sip_call_to"], "+919876543210");
@@ -252,13 +253,11 @@ async fn hanging_dial_never_answers_until_the_client_gives_up() {
     req.ringing_timeout = Duration::from_millis(400);
 
     let started = Instant::now();
-    let (result, seen) = tokio::join!(
-        api.create_sip_participant(&req),
-        lk.wait_for_call("CreateSIPParticipant", Duration::from_secs(2))
-    );
-    let seen = seen.expect("the hanging request is recorded on arrival");
-    assert!(seen.at < started + Duration::from_millis(300), "recorded before any answer");
-    let err = result.unwrap_err();
+    let client = tokio::spawn(async move { api.create_sip_participant(&req).await });
+    let seen = lk.wait_for_call("CreateSIPParticipant", Duration::from_secs(2)).await;
+    assert!(seen.is_some_and(|c| c.at >= started), "the request is recorded on arrival");
+    assert!(!client.is_finished(), "the request is still hanging");
+    let err = client.await.unwrap().unwrap_err();
     assert!(matches!(err, ServerApiError::Timeout(d) if d == Duration::from_millis(600)), "{err:?}");
     assert!(started.elapsed() >= Duration::from_millis(590), "{:?}", started.elapsed());
     assert!(lk.participants("dialout-h").is_empty());
@@ -288,11 +287,10 @@ async fn dial_without_waiting_answers_at_once_and_joins_later() {
     let api = api(&lk);
     let mut req = dial("dialout-n", "");
     req.wait_until_answered = false;
-    let started = Instant::now();
     let info = api.create_sip_participant(&req).await.unwrap();
-    assert!(started.elapsed() < Duration::from_millis(250), "{:?}", started.elapsed());
     // No identity given: LiveKit derives one from the number.
     assert_eq!(info.participant_identity, "sip_+919876543210");
+    // The response came before the callee answered.
     assert!(lk.participants("dialout-n").is_empty(), "not answered yet");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let joined = lk.participants("dialout-n");

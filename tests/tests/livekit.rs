@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use cxb_e2e::fake_livekit::{DialBehaviour, FakeParticipant, TransferBehaviour};
 use cxb_e2e::livekit_worker::{caller_audio_16k, person, say, sip_participant, until_bot_spoke, LkWorker};
-use cxb_e2e::{assert_valid_result, repo_root, Sim, SECRET};
+use cxb_e2e::{assert_valid_result, repo_root, sim_with_script, Sim, SECRET};
 use serde_json::{json, Value};
 
 const SIP_KIND: i32 = 3;
@@ -41,17 +41,13 @@ fn lines(r: &Value, speaker: &str) -> Vec<String> {
 }
 
 async fn sim_with(bot: &str, overrides: Value, rules: Option<Value>) -> (Sim, tempfile::TempDir) {
-    let mut script: Value =
-        serde_json::from_str(&std::fs::read_to_string(repo_root().join("assets/sim/script.json")).unwrap()).unwrap();
-    if let Some(r) = rules {
-        script["rules"] = r;
-    }
-    script["bots"] = json!({ bot: overrides });
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("script.json");
-    std::fs::write(&path, script.to_string()).unwrap();
-    let sim = Sim::start(&["--script", path.to_str().unwrap()]).await;
-    (sim, dir)
+    sim_with_script(|script| {
+        if let Some(r) = rules {
+            script["rules"] = r;
+        }
+        script["bots"] = json!({ bot: overrides });
+    })
+    .await
 }
 
 // ----- /livekit/dispatch -----
@@ -162,13 +158,7 @@ async fn dispatch_at_capacity_removes_the_sip_participant_before_answering_429()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dispatch_for_an_unmapped_number_removes_the_participant_and_releases_the_slot() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut script: Value =
-        serde_json::from_str(&std::fs::read_to_string(repo_root().join("assets/sim/script.json")).unwrap()).unwrap();
-    script["sip_numbers"] = json!({"+918000000404": null});
-    let path = dir.path().join("script.json");
-    std::fs::write(&path, script.to_string()).unwrap();
-    let sim = Sim::start(&["--script", path.to_str().unwrap()]).await;
+    let (sim, _dir) = sim_with_script(|script| script["sip_numbers"] = json!({"+918000000404": null})).await;
     let w = LkWorker::start(Some(&sim), |s| s.max_concurrent_calls = 1).await;
     w.lk.set_participants(
         "call-404",
@@ -248,6 +238,7 @@ async fn dialout_sip_failures_become_the_documented_outcomes() {
         let r = results.iter().find(|r| r["connected_event"]["call_id"] == b["call_id"]).expect("this call's result");
         assert_eq!(r["disconnected_by"], *expected, "SIP {status}");
         assert_eq!(events(r, "call_not_answered").len(), 1);
+        assert_eq!(r["call_duration_seconds"].as_f64(), Some(0.0), "ringing is not call time");
         assert_eq!(room.captured_sample_count(), 0, "nothing was said to nobody");
         assert!(room.wait_disconnected(Duration::from_secs(5)).await);
     }
@@ -270,13 +261,7 @@ async fn a_dialout_whose_pipeline_dies_early_fails_without_ringing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dialout_validates_the_number_and_needs_a_trunk() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut script: Value =
-        serde_json::from_str(&std::fs::read_to_string(repo_root().join("assets/sim/script.json")).unwrap()).unwrap();
-    script["outbound_trunks"] = json!({"+918000000999": null});
-    let path = dir.path().join("script.json");
-    std::fs::write(&path, script.to_string()).unwrap();
-    let sim = Sim::start(&["--script", path.to_str().unwrap()]).await;
+    let (sim, _dir) = sim_with_script(|script| script["outbound_trunks"] = json!({"+918000000999": null})).await;
     let w = LkWorker::start(Some(&sim), |_| {}).await;
     let (s, b) = w.post("/livekit/dialout", json!({"bot_id": "demo", "to_number": "call me maybe"})).await;
     assert_eq!(s, 422, "{b}");
@@ -581,13 +566,10 @@ async fn a_bot_hang_up_removes_the_callers_sip_leg_and_leaves_the_room() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dispatched_call_without_config_hangs_up_the_caller() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut script: Value =
-        serde_json::from_str(&std::fs::read_to_string(repo_root().join("assets/sim/script.json")).unwrap()).unwrap();
-    script["sip_numbers"] = json!({"+918000000777": {"bot_id": "closed", "carrier_id": "c1", "did_id": "d1"}});
-    let path = dir.path().join("script.json");
-    std::fs::write(&path, script.to_string()).unwrap();
-    let sim = Sim::start(&["--script", path.to_str().unwrap()]).await;
+    let (sim, _dir) = sim_with_script(|script| {
+        script["sip_numbers"] = json!({"+918000000777": {"bot_id": "closed", "carrier_id": "c1", "did_id": "d1"}})
+    })
+    .await;
     let w = LkWorker::start(Some(&sim), |_| {}).await;
     w.lk.set_participants("call-closed", vec![FakeParticipant::sip("sip_caller_7", "+15550007")]);
     let (s, _) = w

@@ -273,6 +273,8 @@ struct Driver<'a, L: CallLink> {
     turn_audio: Option<(cxb_turn::TurnAudio, cxb_transports::resample::Resampler, Vec<i16>)>,
     /// Set when the call ends outside the conversation (a dial-out that was never answered).
     forced_end: Option<DisconnectedBy>,
+    /// Call time when the conversation started (after the answer, for a dial-out).
+    conversation_started: Option<Duration>,
     /// Agent Desk: where a handoff is enqueued, once one has been asked for.
     agent_desk: Option<handoff::AgentDeskTarget>,
 }
@@ -363,6 +365,7 @@ pub(crate) async fn run_conversation<L: CallLink>(
             (cxb_turn::TurnAudio::new(Duration::from_millis(500)), resampler, Vec::new())
         }),
         forced_end: None,
+        conversation_started: None,
         agent_desk: options.agent_desk,
     };
     d.rec = match crate::recordings::CallRecording::start(&app.settings, &d.cfg.session_id, rate, started_at) {
@@ -408,7 +411,8 @@ pub(crate) async fn run_conversation<L: CallLink>(
         call_direction: meta.call_direction,
         connected_event: meta.connected_event,
         started_at,
-        duration: t0.elapsed(),
+        // A dial-out's ringing is not call time; a call that never started lasted nothing.
+        duration: d.conversation_started.map_or(Duration::ZERO, |s| t0.elapsed().saturating_sub(s)),
         disconnected_by: reason,
     };
     let record = d.engine.record().clone();
@@ -688,7 +692,7 @@ impl<L: CallLink> Driver<'_, L> {
     ) {
         // The conversation starts now, or (dial-out) once the callee answers.
         if answered.is_none() && !self.engine.is_ended() {
-            self.input(Input::Start);
+            self.start_conversation();
         }
         let idle = self.app.settings.inbound_idle_timeout();
         let mut last_inbound = tokio::time::Instant::now();
@@ -721,7 +725,7 @@ impl<L: CallLink> Driver<'_, L> {
                         Ok(()) => {
                             info!("callee answered; starting the conversation");
                             self.extra_events.push(self.event("call_answered", json!({})));
-                            self.input(Input::Start);
+                            self.start_conversation();
                         }
                         Err(u) => {
                             info!(disconnected_by = %u.disconnected_by, detail = %u.detail, "call not answered");
@@ -770,6 +774,11 @@ impl<L: CallLink> Driver<'_, L> {
                 _ => Default::default(),
             },
         }
+    }
+
+    fn start_conversation(&mut self) {
+        self.conversation_started = Some(self.now());
+        self.input(Input::Start);
     }
 
     fn on_link_event(&mut self, ev: LinkEvent) {

@@ -242,18 +242,20 @@ fn cxb_api(app: &AppState, config_url: Option<&str>) -> Option<CxbApi> {
     })
 }
 
-fn observe(route: &'static str, started: Instant, status: u16) {
+/// Run a route, turning a rejection into its response, and record its latency and status.
+async fn timed(route: &'static str, inner: impl std::future::Future<Output = Result<Response, Rejection>>) -> Response {
+    let started = Instant::now();
+    let resp = inner.await.unwrap_or_else(IntoResponse::into_response);
     metrics::histogram!("cxb_livekit_route_seconds", "route" => route).record(started.elapsed().as_secs_f64());
-    metrics::counter!("cxb_livekit_route_total", "route" => route, "status" => status.to_string()).increment(1);
+    metrics::counter!("cxb_livekit_route_total", "route" => route, "status" => resp.status().as_u16().to_string())
+        .increment(1);
+    resp
 }
 
 // ----- POST /livekit/dispatch -----
 
 async fn dispatch(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let started = Instant::now();
-    let resp = dispatch_inner(app, headers, body).await.unwrap_or_else(IntoResponse::into_response);
-    observe("dispatch", started, resp.status().as_u16());
-    resp
+    timed("dispatch", dispatch_inner(app, headers, body)).await
 }
 
 async fn dispatch_inner(app: AppState, headers: HeaderMap, body: Bytes) -> Result<Response, Rejection> {
@@ -365,10 +367,7 @@ async fn remove_sip_participants(lk: &LiveKit, app: &AppState, room: &str) {
 // ----- POST /livekit/dialout -----
 
 async fn dialout(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let started = Instant::now();
-    let resp = dialout_inner(app, headers, body).await.unwrap_or_else(IntoResponse::into_response);
-    observe("dialout", started, resp.status().as_u16());
-    resp
+    timed("dialout", dialout_inner(app, headers, body)).await
 }
 
 async fn dialout_inner(app: AppState, headers: HeaderMap, body: Bytes) -> Result<Response, Rejection> {
@@ -451,10 +450,7 @@ async fn dialout_inner(app: AppState, headers: HeaderMap, body: Bytes) -> Result
 // ----- POST /attach -----
 
 async fn attach(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let started = Instant::now();
-    let resp = attach_inner(app, headers, body).await.unwrap_or_else(IntoResponse::into_response);
-    observe("attach", started, resp.status().as_u16());
-    resp
+    timed("attach", attach_inner(app, headers, body)).await
 }
 
 async fn attach_inner(app: AppState, headers: HeaderMap, body: Bytes) -> Result<Response, Rejection> {
@@ -513,10 +509,7 @@ async fn attach_inner(app: AppState, headers: HeaderMap, body: Bytes) -> Result<
 // ----- POST /livekit/widget -----
 
 async fn widget(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let started = Instant::now();
-    let resp = widget_inner(app, headers, body).await.unwrap_or_else(IntoResponse::into_response);
-    observe("widget", started, resp.status().as_u16());
-    resp
+    timed("widget", widget_inner(app, headers, body)).await
 }
 
 async fn widget_inner(app: AppState, headers: HeaderMap, body: Bytes) -> Result<Response, Rejection> {
