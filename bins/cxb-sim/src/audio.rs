@@ -20,8 +20,13 @@ pub fn rms(samples: &[i16]) -> f64 {
     (sum / samples.len() as f64).sqrt()
 }
 
+/// `rms(window) > SPEECH_RMS`, in integers: the STT double runs this on every 20 ms of every
+/// call's audio, and an exact integer sum of squares (≤ 2^30 per sample) needs no float
+/// conversion per sample and no square root.
 pub fn is_speech(window: &[i16]) -> bool {
-    rms(window) > SPEECH_RMS
+    const THRESHOLD_SQ: u64 = (SPEECH_RMS * SPEECH_RMS) as u64;
+    let sum: u64 = window.iter().map(|&s| u64::from(s.unsigned_abs()).pow(2)).sum();
+    !window.is_empty() && sum > THRESHOLD_SQ * window.len() as u64
 }
 
 /// What the detector saw. Times are milliseconds of *audio* since the stream started.
@@ -361,6 +366,17 @@ mod tests {
         assert!(matches!(ev[0], DetEvent::Onset { at_ms: 1000 }));
         assert_eq!(det.force_end(), Some(DetEvent::End { onset_ms: 1000, end_ms: 1200 }));
         assert_eq!(det.force_end(), None);
+    }
+
+    #[test]
+    fn integer_speech_test_matches_rms() {
+        for amp in [0i16, 1, 399, 400, 401, 565, 566, 1000, i16::MAX, i16::MIN] {
+            for len in [1usize, 160, 320] {
+                let w: Vec<i16> = (0..len).map(|i| if i % 2 == 0 { amp } else { amp.saturating_neg() }).collect();
+                assert_eq!(is_speech(&w), rms(&w) > SPEECH_RMS, "amp {amp} len {len}");
+            }
+        }
+        assert!(!is_speech(&[]));
     }
 
     #[test]

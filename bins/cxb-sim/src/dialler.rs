@@ -769,10 +769,27 @@ fn err_kind(e: &tungstenite::Error) -> String {
     }
 }
 
-/// Small read buffer: tungstenite zero-fills its whole read buffer (128 KiB by default) before
-/// every socket read, which dominated CPU at hundreds of calls. Frames here are < 2 KiB.
+/// Read buffer of a dialler socket. tungstenite zero-fills the free part of its read buffer
+/// before every socket read, including the read that only finds `WouldBlock` (so at least two per
+/// received frame); at 128 KiB (the default) that memset dominated the dialler's CPU, at 8 KiB it
+/// was still ~2.5 %. Bot frames are ~0.7 KiB (`reverse-media`, 20 ms) to ~4.5 KiB (Exotel's 3.2 KB
+/// chunks); a frame larger than the buffer just takes more than one read.
+pub const DIALLER_READ_BUFFER: usize = 2 * 1024;
+
 pub fn ws_config() -> tungstenite::protocol::WebSocketConfig {
-    tungstenite::protocol::WebSocketConfig::default().read_buffer_size(crate::WS_READ_BUFFER)
+    tungstenite::protocol::WebSocketConfig::default().read_buffer_size(DIALLER_READ_BUFFER)
+}
+
+/// CPU seconds (user + system) this process has used so far, for the summary's
+/// `dialler_cpu_secs` (the benchmark reports the load generator's cost next to the worker's).
+pub fn process_cpu_secs() -> Option<f64> {
+    // SAFETY: getrusage only writes the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return None;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Some(tv(ru.ru_utime) + tv(ru.ru_stime))
 }
 
 /// Runs one call to completion. Never panics; every wait is bounded by `sh.timeout`.
@@ -842,7 +859,17 @@ fn closed_by_bot(call: &mut Call<'_>) -> bool {
     true
 }
 
-async fn drive(_index: usize, call: &mut Call<'_>) -> Result<(), String> {
+/// Offset of call `index`'s frame clock inside one frame period. A golden-ratio sequence spreads
+/// the calls' send instants evenly over the period whatever the ramp: with the benchmark's 5 ms
+/// ramp and 20 ms frames every call otherwise ticked at one of only 4 instants, so a quarter of
+/// all calls sent their frames in one burst (the tail of each burst late, for the dialler and
+/// for the worker reading them), where a real trunk's calls have unrelated packet clocks.
+pub fn frame_phase(index: usize, frame: Duration) -> Duration {
+    const PHI_FRACTION: f64 = 0.618_033_988_749_894_9;
+    frame.mul_f64((index as f64 * PHI_FRACTION).fract())
+}
+
+async fn drive(index: usize, call: &mut Call<'_>) -> Result<(), String> {
     let sh = call.sh;
     let url = call.sess.url(&sh.url);
     let connect = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config()), true);
@@ -867,7 +894,9 @@ async fn drive(_index: usize, call: &mut Call<'_>) -> Result<(), String> {
         )))),
         _ => None,
     };
-    let mut ticker = tokio::time::interval_at(answered, sh.frame);
+    // The first caller frame goes out within one frame period of `answer`.
+    let first_tick = answered + frame_phase(index, sh.frame);
+    let mut ticker = tokio::time::interval_at(first_tick, sh.frame);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut frames_sent: u64 = 0;
 
@@ -876,6 +905,11 @@ async fn drive(_index: usize, call: &mut Call<'_>) -> Result<(), String> {
     }
     loop {
         tokio::select! {
+            // Polled in this order, and only until one is ready: a tick wake-up (50 per second
+            // per call) then sends its frame without polling the socket for nothing (a poll of
+            // an idle tungstenite stream is a waker swap plus a zero-filled read attempt). A tick
+            // is ready at most once per frame (`Delay`), so it cannot starve the reads.
+            biased;
             scheduled = ticker.tick() => {
                 let now = Instant::now();
                 let lag = now.saturating_duration_since(scheduled).as_secs_f64() * 1000.0;
@@ -895,27 +929,9 @@ async fn drive(_index: usize, call: &mut Call<'_>) -> Result<(), String> {
                 if let Some((speech_end_now, turn)) = say {
                     call.after_say_frame(speech_end_now, turn, sent_at);
                 }
-                let elapsed = sent_at.duration_since(answered).as_secs_f64() * 1000.0;
+                let elapsed = sent_at.duration_since(first_tick).as_secs_f64() * 1000.0;
                 call.rep.audio_drift_ms = elapsed - (frames_sent - 1) as f64 * sh.frame.as_secs_f64() * 1000.0;
                 if let Next::Done = call.advance(&mut ws, sent_at).await? {
-                    return Ok(());
-                }
-            }
-            verified = watch_or_pending(&mut watch) => {
-                watch = None;
-                if !verified {
-                    continue;
-                }
-                // The provider got the REST hang-up: it ends the stream (`stop`, close).
-                let now = Instant::now();
-                call.rep.rest_hangups += 1;
-                call.on_bot_event(BotEvent::Hangup, now);
-                if !matches!(sh.steps.get(call.step), Some(Step::WaitBotHangup { .. })) {
-                    let step = call.step;
-                    hangup(&mut ws, call.sess.after_bot_hangup()).await;
-                    return Err(format!("unexpected_bot_hangup(step {step})"));
-                }
-                if let Next::Done = call.advance(&mut ws, now).await? {
                     return Ok(());
                 }
             }
@@ -972,6 +988,24 @@ async fn drive(_index: usize, call: &mut Call<'_>) -> Result<(), String> {
                     None => {}
                 }
                 if ev == BotEvent::Hangup && !matches!(sh.steps.get(call.step), Some(Step::WaitBotHangup { .. })) {
+                    let step = call.step;
+                    hangup(&mut ws, call.sess.after_bot_hangup()).await;
+                    return Err(format!("unexpected_bot_hangup(step {step})"));
+                }
+                if let Next::Done = call.advance(&mut ws, now).await? {
+                    return Ok(());
+                }
+            }
+            verified = watch_or_pending(&mut watch) => {
+                watch = None;
+                if !verified {
+                    continue;
+                }
+                // The provider got the REST hang-up: it ends the stream (`stop`, close).
+                let now = Instant::now();
+                call.rep.rest_hangups += 1;
+                call.on_bot_event(BotEvent::Hangup, now);
+                if !matches!(sh.steps.get(call.step), Some(Step::WaitBotHangup { .. })) {
                     let step = call.step;
                     hangup(&mut ws, call.sess.after_bot_hangup()).await;
                     return Err(format!("unexpected_bot_hangup(step {step})"));
@@ -1080,6 +1114,10 @@ pub async fn run_dial_with(opts: DialOptions, proto: ProtocolOptions) -> anyhow:
     reporter.abort();
     let wall = started.elapsed().as_secs_f64();
     let mut summary = summarize(&reports, settings.as_ref(), wall, &opts, concurrency);
+    if let Some(cpu) = process_cpu_secs() {
+        // Includes preparing the scenario (a few ms); the calls dominate.
+        summary["dialler_cpu_secs"] = json!((cpu * 100.0).round() / 100.0);
+    }
     summary["protocol"] = json!(proto.protocol.name());
     summary["sample_rate"] = json!(fmt.rate);
     let text = serde_json::to_string_pretty(&summary)?;
@@ -1276,6 +1314,20 @@ mod tests {
         assert!(rep.violations.contains_key("not_json"));
         assert!(rep.violations.contains_key("unknown_event.surprise"));
         assert!(rep.violations.contains_key("reverse-media.bad_field_type"));
+    }
+
+    #[test]
+    fn frame_clocks_are_spread_over_the_period() {
+        let frame = Duration::from_millis(20);
+        let mut phases: Vec<Duration> = (0..500).map(|i| frame_phase(i, frame)).collect();
+        assert_eq!(phases[0], Duration::ZERO);
+        assert!(phases.iter().all(|p| *p < frame));
+        phases.sort();
+        phases.dedup();
+        assert_eq!(phases.len(), 500, "every call has its own phase");
+        // Evenly spread: no gap between neighbouring phases is more than 3x the average gap.
+        let max_gap = phases.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+        assert!(max_gap < frame * 3 / 500, "{max_gap:?}");
     }
 
     #[test]

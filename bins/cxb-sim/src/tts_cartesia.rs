@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::audio::{pcm_bytes, samples_for_ms, text_duration_ms, word_spans, SpeechSynth};
+use crate::audio::{samples_for_ms, text_duration_ms, word_spans, SpeechSynth};
 use crate::{close_ws, Latencies, SimState};
 
 pub const SAMPLE_RATES: [u32; 6] = [8000, 16000, 22050, 24000, 44100, 48000];
@@ -175,6 +175,10 @@ async fn run(mut socket: WebSocket, state: Arc<SimState>) {
     let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(64);
     let mut contexts: HashMap<String, CtxHandle> = HashMap::new();
     let mut last_input = Instant::now();
+    // One idle timer per socket, re-armed only when it fires early (input arrived meanwhile):
+    // a fresh `sleep_until` per loop turn was a timer insert/remove for every audio chunk sent.
+    let idle = tokio::time::sleep_until(last_input + IDLE);
+    tokio::pin!(idle);
     loop {
         tokio::select! {
             msg = socket.recv() => {
@@ -247,7 +251,11 @@ async fn run(mut socket: WebSocket, state: Arc<SimState>) {
                 }
                 if socket.send(Message::Text(m.into())).await.is_err() { break; }
             }
-            _ = tokio::time::sleep_until(last_input + IDLE) => {
+            _ = &mut idle => {
+                if Instant::now() < last_input + IDLE {
+                    idle.as_mut().reset(last_input + IDLE);
+                    continue;
+                }
                 tracing::info!("cartesia: idle for {IDLE:?}, closing");
                 close_ws(&mut socket, 1000, "idle timeout").await;
                 break;
@@ -257,6 +265,22 @@ async fn run(mut socket: WebSocket, state: Arc<SimState>) {
     for h in contexts.values() {
         h.cancelled.store(true, Ordering::SeqCst);
     }
+}
+
+/// A `chunk` message, written directly: one allocation per chunk, base64 encoded straight into
+/// it. (Building it with `json!` cost a map, the base64 string, and an escape scan of that
+/// string when serialising — the double's largest CPU cost at hundreds of calls.)
+fn chunk_message(cid_json: &str, pcm: &[u8], step_time: f64) -> String {
+    use std::fmt::Write;
+    let mut m = String::with_capacity(pcm.len().div_ceil(3) * 4 + cid_json.len() + 96);
+    m.push_str(r#"{"type":"chunk","context_id":"#);
+    m.push_str(cid_json);
+    m.push_str(r#","data":""#);
+    base64::engine::general_purpose::STANDARD.encode_string(pcm, &mut m);
+    // step_time is finite (an elapsed time); `{:?}` prints it as a JSON float ("0.0", "12.5"),
+    // as `json!` did.
+    let _ = write!(m, r#"","done":false,"status_code":206,"step_time":{step_time:?}}}"#);
+    m
 }
 
 async fn run_context(
@@ -272,7 +296,10 @@ async fn run_context(
     let mut offset_ms = 0.0f64;
     let mut flush_id = 0u64;
     let chunk_samples = samples_for_ms(fmt.sample_rate, CHUNK_MS).max(1);
-    let mut pcm = Vec::new();
+    let mut pcm = Vec::with_capacity(chunk_samples);
+    let mut bytes = Vec::with_capacity(chunk_samples * 2);
+    // The context id as a JSON string literal, escaped once for every chunk of the context.
+    let cid_json = Value::String(cid.clone()).to_string();
     let is_cancelled = || cancelled.load(Ordering::SeqCst);
     let send = |m: String| {
         let out = out.clone();
@@ -302,10 +329,10 @@ async fn run_context(
                 left -= n;
                 pcm.clear();
                 synth.render(n, &mut pcm);
-                let data = base64::engine::general_purpose::STANDARD.encode(pcm_bytes(&pcm));
+                bytes.clear();
+                bytes.extend(pcm.iter().flat_map(|s| s.to_le_bytes()));
                 let step_time = (started.elapsed().as_secs_f64() * 1000.0 * 100.0).round() / 100.0;
-                let m = json!({"type":"chunk","context_id":cid,"data":data,"done":false,"status_code":206,"step_time":step_time});
-                if !send(m.to_string()).await {
+                if !send(chunk_message(&cid_json, &bytes, step_time)).await {
                     return;
                 }
             }
@@ -347,6 +374,19 @@ mod tests {
         json!({"context_id":"c","model_id":"sonic-3","transcript":"Hi","continue":true,
             "voice":{"mode":"id","id":voice},"language":"en",
             "output_format":{"container":"raw","encoding":enc,"sample_rate":rate},"add_timestamps":true})
+    }
+
+    #[test]
+    fn chunk_messages_are_the_documented_json() {
+        let cid = Value::String("ctx \"1\"".into()).to_string();
+        let m: Value = serde_json::from_str(&chunk_message(&cid, &[1, 0, 255, 127], 12.5)).unwrap();
+        assert_eq!(
+            m,
+            json!({"type":"chunk","context_id":"ctx \"1\"","data":"AQD/fw==","done":false,"status_code":206,"step_time":12.5})
+        );
+        let m: Value = serde_json::from_str(&chunk_message(&cid, &[], 0.0)).unwrap();
+        assert_eq!(m["data"], "");
+        assert!(m["step_time"].is_f64(), "{m}");
     }
 
     #[test]
