@@ -57,7 +57,6 @@ pub struct RoomLink {
     agents: HashSet<String>,
     /// A media error from queueing bot audio, reported on the next `recv`.
     media_error: Option<String>,
-    hung_up: bool,
     finished: bool,
 }
 
@@ -90,7 +89,6 @@ impl RoomLink {
             handoff: name != "widget",
             agents: HashSet::new(),
             media_error: None,
-            hung_up: false,
             finished: false,
         }
     }
@@ -207,11 +205,12 @@ impl CallLink for RoomLink {
     }
 
     fn hang_up(&mut self) {
-        self.hung_up = true;
+        // Nothing to send now: `finish(bot_hung_up = true)` removes the caller's SIP leg after
+        // the last audio has played out.
     }
 
     fn transfer(&mut self, destination: &str, method: &str, kind: &str, _reason: &str) -> TransferStart {
-        self.transfer_with_kind(destination, method, Some(kind).filter(|k| !k.is_empty()))
+        self.sip_refer(destination, method, kind)
     }
 
     async fn flush(&mut self) -> bool {
@@ -223,7 +222,7 @@ impl CallLink for RoomLink {
             return;
         }
         self.finished = true;
-        if bot_hung_up || self.hung_up {
+        if bot_hung_up {
             tokio::time::sleep(PLAYOUT_DRAIN).await;
             // Leaving the room does not end a phone call: the caller's SIP leg is removed so
             // the carrier hangs up (a widget user just sees the bot leave).
@@ -249,9 +248,9 @@ impl CallLink for RoomLink {
 }
 
 impl RoomLink {
-    /// SIP REFER of the caller's leg. `kind` is the target's type when known (`sip_uri`,
-    /// `tel_uri`, `phone_number`); otherwise it is read from the destination's scheme.
-    pub fn transfer_with_kind(&mut self, destination: &str, method: &str, kind: Option<&str>) -> TransferStart {
+    /// SIP REFER of the caller's leg; `kind` is the target's type (`sip_uri`, `tel_uri`,
+    /// `phone_number`), checked by `transfer_destination`.
+    fn sip_refer(&mut self, destination: &str, method: &str, kind: &str) -> TransferStart {
         if method != cxb_wire::transfer::METHOD_SIP_REFER {
             return TransferStart::Done(Err(format!("method {method:?} cannot be used on a {} call", self.name)));
         }
@@ -261,13 +260,6 @@ impl RoomLink {
         if !self.caller_is_sip {
             return TransferStart::Done(Err("the caller is not on a SIP call".into()));
         }
-        let kind = kind.unwrap_or(if destination.starts_with("sip:") {
-            "sip_uri"
-        } else if destination.starts_with("tel:") {
-            "tel_uri"
-        } else {
-            "phone_number"
-        });
         let to = match cxb_livekit::transfer_destination(kind, destination, self.country_code.as_deref()) {
             Ok(to) => to,
             Err(e) => return TransferStart::Done(Err(e.to_string())),

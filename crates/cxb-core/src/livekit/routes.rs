@@ -318,7 +318,7 @@ async fn dispatch_inner(app: AppState, headers: HeaderMap, body: Bytes) -> Resul
         let call = RoomCall {
             app: app.clone(),
             lk,
-            slot,
+            _slot: slot,
             transport: "livekit_inbound",
             bot_id: lookup.bot_id,
             room_name: req.room_name.clone(),
@@ -417,7 +417,7 @@ async fn dialout_inner(app: AppState, headers: HeaderMap, body: Bytes) -> Result
         let call = RoomCall {
             app: app.clone(),
             lk,
-            slot,
+            _slot: slot,
             transport: "livekit_outbound",
             bot_id: req.bot_id.clone(),
             room_name: room_name.clone(),
@@ -482,7 +482,7 @@ async fn attach_inner(app: AppState, headers: HeaderMap, body: Bytes) -> Result<
     let call = RoomCall {
         app: app.clone(),
         lk,
-        slot,
+        _slot: slot,
         transport: "attach",
         bot_id: req.bot_id.clone(),
         room_name: req.room_name.clone(),
@@ -530,7 +530,7 @@ async fn widget_inner(app: AppState, headers: HeaderMap, body: Bytes) -> Result<
     let call = RoomCall {
         app: app.clone(),
         lk,
-        slot,
+        _slot: slot,
         transport: "widget",
         bot_id: req.bot_id.clone(),
         room_name: req.room_name.clone(),
@@ -570,7 +570,7 @@ struct RoomCall {
     app: AppState,
     lk: LiveKit,
     /// Held for the whole call: dropping it (any exit, a panic included) frees the slot.
-    slot: CallSlot,
+    _slot: CallSlot,
     transport: &'static str,
     bot_id: String,
     room_name: String,
@@ -826,7 +826,6 @@ impl RoomCall {
         };
         let options = CallOptions { answered, agent_desk, config_url: self.config_url.clone(), ..Default::default() };
         run_conversation(&self.app, link, &self.bot_id, cfg, options).await;
-        let _ = &self.slot;
     }
 }
 
