@@ -169,7 +169,7 @@ def injected(turn):  # the dialler's formula (dialler.rs SimSettings::injected_m
     c = chunks[turn - 1] if 0 < turn <= len(chunks) else 0
     return settings["llm_ttft_ms"] + settings["tts_ttfb_ms"] + settings["llm_token_interval_ms"] * c
 
-worker, own, llm, tts, per_turn = [], [], [], [], {}
+worker, own, own_sentence, llm, tts, per_turn = [], [], [], [], [], {}
 with open(resf) as f:
     for i, line in enumerate(f):
         if i < r0 or not line.strip():
@@ -186,6 +186,8 @@ with open(resf) as f:
                 llm.append(l["llm_ttft_ms"])
                 tts.append(l["tts_ttfb_ms"])
                 own.append(total - l["llm_ttft_ms"] - l["tts_ttfb_ms"])
+                if l.get("llm_first_sentence_ms") is not None:
+                    own_sentence.append(total - l["llm_first_sentence_ms"] - l["tts_ttfb_ms"])
 call_minutes = s.get("call_seconds_total", s.get("wall_secs", 0) * s["completed"]) / 60.0
 cpu = (t1 - t0) / hz
 sim_cpu = (s1 - s0) / hz + s.get("dialler_cpu_secs", 0.0)
@@ -204,6 +206,7 @@ with open(notesf, "a") as notes:
     print(f"- {n} calls: worker-measured LLM TTFT p50/p99 {two(llm)} ms and TTS TTFB {two(tts)} ms "
           f"(injected {settings['llm_ttft_ms']} and {settings['tts_ttfb_ms']}: the excess is the doubles' and the network's lateness); "
           f"worker-internal minus *measured* LLM TTFT and TTS TTFB p50/p95/p99 {three(own)} ms; "
+          f"worker-internal minus *measured* LLM time to first sentence and TTS TTFB p50/p95/p99 {three(own_sentence)} ms; "
           f"worker-internal minus injected per caller turn p99: "
           + ", ".join(f"turn {t}: {pct(v, 99):.0f}" for t, v in sorted(per_turn.items()))
           + f"; caller audio drift (dialler behind real time at call end) p50 {s.get('audio_drift_ms', {}).get('p50', 0):.0f} ms"

@@ -4,9 +4,17 @@ use clap::Parser;
 use cxb_core::settings::{Command, OutboxOp};
 use cxb_core::Settings;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let settings = Settings::parse().resolve_aliases();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if settings.runtime_threads > 0 {
+        rt.worker_threads(settings.runtime_threads);
+    }
+    rt.build()?.block_on(serve(settings))
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     if settings.log_format == "json" {
         tracing_subscriber::fmt().with_env_filter(filter).json().init();

@@ -35,9 +35,6 @@ use crate::tracker::CallSlot;
 /// chunking; 60 ms cuts per-call messages and wake-ups threefold and stays far inside the VAD
 /// end-of-speech hangover, so turn latency is unchanged.
 const STT_BATCH_MS: usize = 60;
-/// Playout wake-ups are coalesced to at most one per this interval (frames go out in pairs);
-/// the engine's 80 ms lead keeps the far end's buffer ahead of real time.
-const PLAYOUT_COALESCE: Duration = Duration::from_millis(40);
 
 /// Entry point for a WebSocket transport once the upgrade is done and a slot is held.
 pub async fn run_ws_call<T: Transport + 'static>(
@@ -423,6 +420,9 @@ pub(crate) async fn run_conversation<L: CallLink>(
         if let Some(v) = l.llm_ttft_ms {
             metrics::histogram!("cxb_llm_ttft_seconds").record(v / 1000.0);
         }
+        if let Some(v) = l.llm_first_sentence_ms {
+            metrics::histogram!("cxb_llm_first_sentence_seconds").record(v / 1000.0);
+        }
         if let Some(v) = l.tts_ttfb_ms {
             metrics::histogram!("cxb_tts_ttfb_seconds").record(v / 1000.0);
         }
@@ -505,8 +505,10 @@ pub(crate) fn engine_config(cfg: &BotConfig, rate: u32, transport: &str) -> Engi
     e.min_words_interruption = cfg.min_words_interruption;
     e.max_call_duration = Duration::from_secs(cfg.max_call_duration_seconds);
     e.vad_stop_hangover = Duration::from_secs_f32(vad_settings(cfg).stop_secs.max(0.0));
-    // Wake-ups are coalesced to 40 ms (see PLAYOUT_COALESCE), so the lead must cover that.
+    // Frames go out in pairs, one write and one wake-up per 40 ms of bot speech instead of two;
+    // the 80 ms lead keeps at least 60 ms queued at the far end between batches.
     e.playout_lead = Duration::from_millis(80);
+    e.playout_batch = 2;
     let millis = |v: Option<u64>, max: u64| v.map(|ms| Duration::from_millis(ms.min(max)));
     let seconds =
         |v: Option<f64>| v.filter(|s| s.is_finite() && *s >= 0.0).map(|s| Duration::from_secs_f64(s.min(3600.0)));
@@ -702,11 +704,9 @@ impl<L: CallLink> Driver<'_, L> {
         let engine_timer = tokio::time::sleep_until(far());
         let idle_timer = tokio::time::sleep_until(last_inbound + idle);
         tokio::pin!(engine_timer, idle_timer);
-        let mut last_engine_wake = tokio::time::Instant::now();
         self.perform().await;
         while !self.engine.is_ended() && self.forced_end.is_none() {
             let want = self.engine.poll_timeout().map(|d| tokio::time::Instant::from_std(self.t0 + d));
-            let want = want.map(|t| t.max(last_engine_wake + PLAYOUT_COALESCE));
             match want {
                 Some(t) if t != engine_timer.deadline() => engine_timer.as_mut().reset(t),
                 None if engine_timer.deadline() < tokio::time::Instant::now() + Duration::from_secs(1800) => {
@@ -739,7 +739,6 @@ impl<L: CallLink> Driver<'_, L> {
                 (turn, ev) = next_llm(&mut self.llm) => self.on_llm(turn, ev),
                 Some(input) = self.tool_rx.recv() => self.input(input),
                 _ = &mut engine_timer => {
-                    last_engine_wake = tokio::time::Instant::now();
                     let now = self.now();
                     self.engine.handle_timeout(now);
                     engine_timer.as_mut().reset(far());

@@ -35,6 +35,7 @@ fn describe() {
     metrics::describe_counter!("cxb_protocol_errors_total", "Malformed inbound frames by transport");
     metrics::describe_histogram!("cxb_response_latency_seconds", "Caller speech end to first bot audio");
     metrics::describe_histogram!("cxb_llm_ttft_seconds", "LLM request to first token");
+    metrics::describe_histogram!("cxb_llm_first_sentence_seconds", "LLM request to the first sentence sent to TTS");
     metrics::describe_histogram!("cxb_tts_ttfb_seconds", "TTS text to first audio");
     metrics::describe_histogram!("cxb_stt_final_delay_seconds", "VAD end of speech to final transcript");
     metrics::describe_histogram!("cxb_config_fetch_seconds", "Config fetch duration");

@@ -79,6 +79,7 @@ pub fn build_payload(s: &CallSummary, record: Option<&CallRecord>, extra_events:
                         turn: l.turn,
                         stt_final_delay_ms: round3(l.stt_final_delay_ms),
                         llm_ttft_ms: l.llm_ttft_ms.map(round3),
+                        llm_first_sentence_ms: l.llm_first_sentence_ms.map(round3),
                         tts_ttfb_ms: l.tts_ttfb_ms.map(round3),
                         total_response_ms: l.total_response_ms.map(round3),
                     })

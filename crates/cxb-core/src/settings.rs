@@ -82,6 +82,10 @@ pub struct Settings {
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,
 
+    /// Async runtime threads; 0 = one per CPU.
+    #[arg(long, env = "CXBCORE_RUNTIME_THREADS", default_value_t = 0)]
+    pub runtime_threads: usize,
+
     /// Fallback API keys when a bot config's provider block has none.
     #[arg(long, env = "DEEPGRAM_API_KEY", hide_env_values = true)]
     pub deepgram_api_key: Option<String>,

@@ -203,6 +203,7 @@ fn conversation() -> CallRecord {
         turn: 1,
         stt_final_delay_ms: 120.0,
         llm_ttft_ms: Some(300.0),
+        llm_first_sentence_ms: Some(340.0),
         tts_ttfb_ms: Some(150.0),
         total_response_ms: Some(800.0),
     }];
@@ -590,6 +591,7 @@ async fn latency_usage_and_tool_telemetry() {
         turn: 2,
         stt_final_delay_ms: 80.0,
         llm_ttft_ms: None,
+        llm_first_sentence_ms: None,
         tts_ttfb_ms: Some(250.0),
         total_response_ms: Some(1200.0),
     });

@@ -89,6 +89,10 @@ pub struct EngineConfig {
     pub opening_guard: Duration,
     /// How far ahead of real time bot audio is released to the transport.
     pub playout_lead: Duration,
+    /// Frames released together once a spurt is under way (at least 1). Two halves the writes
+    /// and wake-ups per second of bot speech; the caller's buffer then swings between
+    /// `playout_lead` and `playout_lead` plus one frame less `batch` frames.
+    pub playout_batch: u32,
     /// After VAD says the caller stopped, how long to wait for the STT final before closing the
     /// turn with what we have (or dropping it as noise).
     pub stt_final_wait: Duration,
@@ -151,6 +155,7 @@ impl EngineConfig {
             max_call_duration: Duration::from_secs(600),
             opening_guard: Duration::from_millis(1000),
             playout_lead: Duration::from_millis(60),
+            playout_batch: 1,
             stt_final_wait: Duration::from_millis(1000),
             llm_first_token_timeout: Duration::from_secs(10),
             tts_first_audio_timeout: Duration::from_secs(8),
@@ -371,6 +376,8 @@ struct Utterance {
     received: usize,
     sent: usize,
     text_sent_at: Option<Duration>,
+    /// When the LLM request this utterance speaks was made (responses only).
+    llm_started_at: Option<Duration>,
     first_audio_at: Option<Duration>,
     words: Vec<WordTime>,
     /// Index into `record.latency` this utterance completes, for the first response audio.
@@ -395,6 +402,7 @@ impl Utterance {
             received: 0,
             sent: 0,
             text_sent_at: None,
+            llm_started_at: None,
             first_audio_at: None,
             words: Vec::new(),
             latency_sample: None,
@@ -762,7 +770,7 @@ impl Conversation {
             }
         }
         if self.front_has_audio() && self.paused_since.is_none() {
-            consider(Some(self.next_frame_due()));
+            consider(Some(self.next_release_at()));
         }
         if self.acts_after_speech()
             && self.playout.active
@@ -1646,6 +1654,7 @@ impl Conversation {
         let utterance = self.new_utterance(UtteranceKind::Response);
         if let Some(u) = self.utterance_mut(utterance) {
             u.latency_sample = latency_sample;
+            u.llm_started_at = Some(now);
         }
         self.record.llm_requests += 1;
         self.actions.push_back(Action::StartLlm {
@@ -1697,6 +1706,9 @@ impl Conversation {
         u.text.push_str(text);
         if u.text_sent_at.is_none() {
             u.text_sent_at = Some(now);
+            if let (Some(i), Some(asked)) = (u.latency_sample, u.llm_started_at) {
+                self.record.latency[i].llm_first_sentence_ms = Some(ms(now.saturating_sub(asked)));
+            }
         }
         self.actions.push_back(Action::Speak { utterance, text: text.to_string() });
     }
@@ -1743,6 +1755,16 @@ impl Conversation {
             .saturating_sub(self.cfg.playout_lead)
     }
 
+    /// When the next batch of frames goes out: once the last frame of the batch is due. A
+    /// spurt's first frames go at once.
+    fn next_release_at(&self) -> Duration {
+        if !self.playout.active {
+            return Duration::ZERO;
+        }
+        let extra = self.cfg.frame_samples() * self.cfg.playout_batch.max(1).saturating_sub(1) as usize;
+        self.next_frame_due() + self.frame_duration(extra)
+    }
+
     /// Samples released to the transport that the caller has not heard yet.
     fn samples_ahead(&self, now: Duration) -> usize {
         if !self.playout.active {
@@ -1760,6 +1782,7 @@ impl Conversation {
             return;
         }
         let frame = self.cfg.frame_samples();
+        let mut released = false;
         loop {
             if !self.front_has_audio() || self.paused_since.is_some() {
                 break;
@@ -1774,9 +1797,12 @@ impl Conversation {
             if !self.playout.active {
                 self.playout = Playout { spurt_start: now, spurt_samples: 0, active: true };
             }
-            if self.next_frame_due() > now {
+            // A batch starts once its last frame is due; then every due frame goes.
+            let gate = if released { self.next_frame_due() } else { self.next_release_at() };
+            if gate > now {
                 break;
             }
+            released = true;
             let u = self.utterances.front_mut().expect("front_has_audio");
             let take = frame.min(u.audio.len());
             let mut out: Vec<i16> = u.audio.drain(..take).collect();

@@ -31,6 +31,9 @@ pub struct LatencySample {
     pub stt_final_delay_ms: f64,
     /// LLM request → first token.
     pub llm_ttft_ms: Option<f64>,
+    /// LLM request → first speakable text (a whole sentence, or the reply's end) sent to TTS:
+    /// the provider's first token plus the tokens it takes to finish a sentence.
+    pub llm_first_sentence_ms: Option<f64>,
     /// First text sent to TTS → first audio back.
     pub tts_ttfb_ms: Option<f64>,
     /// Caller's last voiced frame (VAD stop minus its hangover) → first bot audio sent.

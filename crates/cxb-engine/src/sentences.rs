@@ -5,11 +5,19 @@
 #[derive(Debug, Default)]
 pub struct SentenceSplitter {
     buf: String,
+    /// Pieces yielded so far: the first one goes to TTS as soon as it is a sentence.
+    pieces: usize,
 }
 
-/// Pieces shorter than this are held back even at a boundary ("Hi." joins the next sentence),
-/// because very short TTS requests sound choppy and cost a round trip each.
+/// Later pieces shorter than this are held back even at a boundary ("Ok." joins the next
+/// sentence): very short TTS requests cost a round trip each and break the prosody.
 const MIN_PIECE_CHARS: usize = 12;
+/// The reply's first piece only has to be a sentence ("Sure."): every token held back before
+/// the first TTS request is time the caller waits in silence.
+const MIN_FIRST_PIECE_CHARS: usize = 2;
+/// Words whose full stop does not end a sentence.
+const ABBREVIATIONS: &[&str] =
+    &["mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "etc", "e.g", "i.e", "prof", "approx"];
 /// A run-on without a sentence end is cut at a comma or space past this length.
 const MAX_PIECE_CHARS: usize = 220;
 
@@ -24,6 +32,7 @@ impl SentenceSplitter {
             let piece = piece.trim();
             if !piece.is_empty() {
                 out.push(piece.to_string());
+                self.pieces += 1;
             }
             let trimmed = self.buf.trim_start().len();
             self.buf.drain(..self.buf.len() - trimmed);
@@ -39,6 +48,7 @@ impl SentenceSplitter {
     }
 
     fn next_cut(&self) -> Option<usize> {
+        let min_chars = if self.pieces == 0 { MIN_FIRST_PIECE_CHARS } else { MIN_PIECE_CHARS };
         let mut iter = self.buf.char_indices().peekable();
         let mut last_soft = None;
         while let Some((i, c)) = iter.next() {
@@ -48,7 +58,7 @@ impl SentenceSplitter {
                 return Some(end);
             }
             let terminal = matches!(c, '.' | '!' | '?' | '।' | '॥' | '。' | '？' | '！');
-            if terminal && end >= MIN_PIECE_CHARS {
+            if terminal && end >= min_chars && !(c == '.' && ends_with_abbreviation(&self.buf[..i])) {
                 match next {
                     Some(n) if n.is_whitespace() => return Some(end),
                     // Wait for the next token: "3." may be "3.5".
@@ -66,6 +76,12 @@ impl SentenceSplitter {
     }
 }
 
+/// Does `text` end with a word like "Dr" whose full stop is not a sentence end?
+fn ends_with_abbreviation(text: &str) -> bool {
+    let word = text.rsplit(|c: char| c.is_whitespace() || c == '(').next().unwrap_or("");
+    ABBREVIATIONS.iter().any(|a| word.eq_ignore_ascii_case(a))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,14 +97,28 @@ mod tests {
     fn splits_on_sentence_ends_as_tokens_arrive() {
         assert_eq!(
             feed(&["Sure", ". Your order ", "shipped yesterday", ". Anything", " else?"]),
-            vec!["Sure. Your order shipped yesterday.", "Anything else?"]
+            vec!["Sure.", "Your order shipped yesterday.", "Anything else?"]
         );
     }
 
     #[test]
-    fn decimals_and_short_openers_do_not_split() {
+    fn the_first_sentence_goes_as_soon_as_it_ends() {
+        let mut s = SentenceSplitter::default();
+        assert!(s.push("Sure").is_empty());
+        assert!(s.push(".").is_empty(), "a full stop alone may still be a decimal point");
+        assert_eq!(s.push(" Your"), vec!["Sure."]);
+        assert_eq!(s.push(" order. "), Vec::<String>::new(), "later short pieces wait");
+        assert_eq!(s.push("Thanks for calling. "), vec!["Your order. Thanks for calling."]);
+    }
+
+    #[test]
+    fn decimals_abbreviations_and_short_later_pieces_do_not_split() {
         assert_eq!(feed(&["It costs 3", ".5 dollars today. Ok"]), vec!["It costs 3.5 dollars today.", "Ok"]);
-        assert_eq!(feed(&["Hi. How are you doing today? "]), vec!["Hi. How are you doing today?"]);
+        assert_eq!(feed(&["Hi. Ok. Good to hear. "]), vec!["Hi.", "Ok. Good to hear."]);
+        assert_eq!(
+            feed(&["Dr. Rao will call you. Mrs. Shah too, e.g. tomorrow. "]),
+            vec!["Dr. Rao will call you.", "Mrs. Shah too, e.g. tomorrow."]
+        );
     }
 
     #[test]

@@ -231,6 +231,32 @@ fn opening_message_is_spoken_first_and_paced_in_real_time() {
 }
 
 #[test]
+fn batched_playout_releases_frames_in_pairs_and_keeps_the_lead() {
+    let mut c = cfg();
+    c.playout_lead = Duration::from_millis(80);
+    c.playout_batch = 2;
+    let mut sim = Sim::new(c);
+    sim.input(Input::Start);
+    sim.advance(secs(5.0));
+    let frames: Vec<Duration> = sim.log.iter().filter(|(_, a)| is_play(a)).map(|(t, _)| *t).collect();
+    assert_eq!(frames.len(), 87, "every frame still goes out");
+    let t0 = secs(0.1);
+    // The spurt opens with its 80 ms lead at once (frames 0..=4 cover 0-100 ms of audio).
+    assert!(frames[..5].iter().all(|t| *t == t0), "{:?}", &frames[..6]);
+    // Then two frames per release: k and k+1 leave together once k+1 is due (t0 + 20(k+1) - 80 ms).
+    for (k, t) in frames.iter().enumerate().skip(5) {
+        let pair_last = if k % 2 == 1 { k + 1 } else { k };
+        let expected = (t0 + Duration::from_millis(20 * pair_last as u64)).saturating_sub(Duration::from_millis(80));
+        assert_eq!(*t, expected.min(secs(5.0)), "frame {k}");
+        // Never behind real time, never more than lead + one frame ahead of it.
+        let plays_at = t0 + Duration::from_millis(20 * k as u64);
+        assert!(plays_at >= *t + Duration::from_millis(60) && plays_at <= *t + Duration::from_millis(100), "frame {k}");
+    }
+    let releases: std::collections::BTreeSet<Duration> = frames.iter().copied().collect();
+    assert!(releases.len() <= 1 + 82 / 2 + 1, "{} release times for 87 frames", releases.len());
+}
+
+#[test]
 fn a_caller_turn_gets_an_llm_answer_spoken_sentence_by_sentence() {
     let mut sim = Sim::new(cfg());
     sim.llm_script.push_back(say("Sure thing, I can help. Your order ships tomorrow morning. "));
@@ -257,6 +283,7 @@ fn a_caller_turn_gets_an_llm_answer_spoken_sentence_by_sentence() {
     assert_eq!(lat.stt_final_delay_ms, 0.0);
     assert_eq!(lat.llm_ttft_ms, Some(200.0));
     // First sentence completes 5 tokens later (5 ms each), TTS answers 100 ms after.
+    assert_eq!(lat.llm_first_sentence_ms, Some(220.0));
     assert_eq!(lat.total_response_ms, Some(200.0 + 20.0 + 100.0));
     let Action::StartLlm { messages, tools, .. } =
         &sim.log.iter().find(|(_, a)| matches!(a, Action::StartLlm { .. })).unwrap().1
@@ -364,6 +391,9 @@ fn end_call_speaks_the_final_message_then_hangs_up_as_bot() {
     let t = sim.transcript();
     assert_eq!(t.last().unwrap(), &(Speaker::Bot, "Thanks for calling, goodbye!".to_string(), false));
     assert!(sim.conv.record().events.iter().any(|e| e.kind == "tool_call" && e.data["name"] == "end_call"));
+    // The goodbye is spoken when the tool call completes: that is the reply's first text.
+    let lat = &sim.conv.record().latency[0];
+    assert!(lat.llm_first_sentence_ms.is_some_and(|f| f >= lat.llm_ttft_ms.unwrap()), "{lat:?}");
 }
 
 #[test]

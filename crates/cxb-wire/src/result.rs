@@ -240,6 +240,9 @@ pub struct TurnLatency {
     /// LLM request → first token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm_ttft_ms: Option<f64>,
+    /// LLM request → first speakable text (a whole sentence, or the reply's end) sent to TTS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_first_sentence_ms: Option<f64>,
     /// First text sent to TTS → first audio back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tts_ttfb_ms: Option<f64>,
