@@ -529,17 +529,24 @@ impl<W: Write + Seek> StereoRecorder<W> {
     /// Hands the first `n` frames of both buffers to hound, in batches.
     fn write_frames(&mut self, n: usize) -> Result<(), RecorderError> {
         let Some(wav) = self.wav.as_mut() else { return Ok(()) };
+        // Plain slices interleave in a tight loop; ring-buffer iterators cost a branch per sample.
+        let cust = self.cust.make_contiguous();
+        let bot = self.bot.make_contiguous();
         let mut done = 0;
         while done < n {
             let batch = (n - done).min(WRITE_BATCH_FRAMES);
             let mut w = wav.get_i16_writer(batch as u32 * 2);
-            let bot_from = done.min(self.bot.len());
-            let bot_to = (done + batch).min(self.bot.len());
-            let cust = self.cust.range(done..done + batch);
-            let mut bot = self.bot.range(bot_from..bot_to);
-            for &cs in cust {
-                w.write_sample(cs);
-                w.write_sample(bot.next().copied().unwrap_or(0));
+            // Bot audio covers [done, voiced); past its end the bot channel is silence.
+            let voiced = bot.len().clamp(done, done + batch);
+            if voiced > done {
+                for (&c, &b) in cust[done..voiced].iter().zip(&bot[done..voiced]) {
+                    w.write_sample(c);
+                    w.write_sample(b);
+                }
+            }
+            for &c in &cust[voiced..done + batch] {
+                w.write_sample(c);
+                w.write_sample(0);
             }
             w.flush()?;
             done += batch;

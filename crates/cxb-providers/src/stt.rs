@@ -76,9 +76,9 @@ pub struct SttHandle {
 impl SttHandle {
     /// Queue caller audio (i16 samples, converted to LINEAR16 little-endian). Never blocks.
     pub fn send_audio(&self, pcm: &[i16]) -> Result<(), ProviderError> {
-        let mut bytes = Vec::with_capacity(pcm.len() * 2);
-        for s in pcm {
-            bytes.extend_from_slice(&s.to_le_bytes());
+        let mut bytes = vec![0u8; pcm.len() * 2];
+        for (b, s) in bytes.chunks_exact_mut(2).zip(pcm) {
+            b.copy_from_slice(&s.to_le_bytes());
         }
         self.tx.try_send(SttCommand::Audio(bytes)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => ProviderError::Backlog { provider: self.provider },

@@ -25,8 +25,21 @@ pub struct Dialler {
     clock: fn() -> String,
 }
 
+/// `YYYY-MM-DD HH:MM:SS` (UTC) for `reverse-media`: formatted once per second per thread, not
+/// once per 20 ms frame of every call.
 fn wall_clock() -> String {
-    chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string()
+    use std::cell::RefCell;
+    thread_local! {
+        static LAST: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+    }
+    let now = chrono::Utc::now();
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != now.timestamp() {
+            *last = (now.timestamp(), now.format("%Y-%m-%d %H:%M:%S").to_string());
+        }
+        last.1.clone()
+    })
 }
 
 impl Default for Dialler {
@@ -200,6 +213,17 @@ mod tests {
 
     fn clock() -> String {
         "2026-04-24 14:30:00".into()
+    }
+
+    #[test]
+    fn the_wall_clock_is_utc_to_the_second_and_follows_time() {
+        let parse = |s: &str| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").unwrap();
+        let before = chrono::Utc::now().naive_utc() - chrono::Duration::seconds(1);
+        let first = wall_clock();
+        assert_eq!(first.len(), 19, "{first}");
+        assert!(parse(&first) >= before, "{first}");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert!(parse(&wall_clock()) > parse(&first), "the cached second moves on");
     }
 
     fn handshake(d: &mut Dialler) {
