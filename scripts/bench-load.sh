@@ -20,6 +20,9 @@
 #                       DIAL_THREADS set the doubles' and the dialler's separately
 #   PIN                 1: taskset the worker to CPU 0 and cxb-sim to the other CPUs (off)
 #   RAMP_MS             delay between call starts (default 5: 500 calls within 2.5 s)
+#   SCENARIO            the dialler's call script (default assets/sim/scenario.json: every caller
+#                       speaks as soon as the greeting ends, so calls answered together take their
+#                       turns together; assets/sim/scenario-steady.json pauses 0-4 s per call first)
 #   RESULTS_WAIT_SECS   how long to wait for the worker's result posts after a level (30)
 #
 # Scheduling, as measured on the shared 2-core development box (README, Performance):
@@ -132,7 +135,7 @@ for n in "${LEVELS[@]}"; do
   ( while kill -0 $CORE_PID 2>/dev/null; do rss_kb; sleep 0.5; done ) >"$OUT/rss-$n.txt" &
   SAMPLER=$!
   "${DIAL_RUN[@]}" "$SIM_BIN" dial --threads "$DIAL_THREADS" --url ws://127.0.0.1:$CORE_PORT/ws/demo --calls "$n" --concurrency "$n" \
-    --ramp-ms "$RAMP_MS" --scenario assets/sim/scenario.json --sim-url http://127.0.0.1:$SIM_PORT --out "$OUT/dial-$n.json" \
+    --ramp-ms "$RAMP_MS" --scenario "${SCENARIO:-assets/sim/scenario.json}" --sim-url http://127.0.0.1:$SIM_PORT --out "$OUT/dial-$n.json" \
     >/dev/null 2>"$OUT/dial-$n.log" || true
   kill $SAMPLER 2>/dev/null || true
   wait $SAMPLER 2>/dev/null || true

@@ -94,8 +94,11 @@ pub enum Step {
         wav: Arc<PreparedWav>,
         turn: usize,
     },
+    /// Line silence for `frames`, plus up to `jitter_frames` more chosen per call (stable for a
+    /// given stream id), so calls answered together stop speaking in lockstep.
     Silence {
         frames: usize,
+        jitter_frames: usize,
     },
     Hangup,
 }
@@ -155,6 +158,17 @@ pub fn prepare_wav(path: &Path, frame_ms: u64, fmt: &WireFormat) -> anyhow::Resu
     Ok(PreparedWav { path: path.display().to_string(), frames, speech_end_frame })
 }
 
+/// A value in `0..=max` that depends only on the call's stream id and the step: runs repeat.
+fn per_call_jitter(stream_id: &str, step: usize, max: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    if max == 0 {
+        return 0;
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (stream_id, step).hash(&mut h);
+    (h.finish() % (max as u64 + 1)) as usize
+}
+
 fn ms_field(step: &Value, key: &str, default: u64) -> anyhow::Result<Duration> {
     match step.get(key) {
         None => Ok(Duration::from_millis(default)),
@@ -201,8 +215,11 @@ pub fn load_scenario(path: &Path, frame_ms: u64, fmt: &WireFormat) -> anyhow::Re
             turn += 1;
             Step::Say { wav, turn: turn - 1 }
         } else if s.get("silence_ms").is_some() {
-            let d = ms_field(s, "silence_ms", 0)?;
-            Step::Silence { frames: (d.as_millis() as u64).div_ceil(frame_ms.max(1)) as usize }
+            let to_frames = |d: Duration| (d.as_millis() as u64).div_ceil(frame_ms.max(1)) as usize;
+            Step::Silence {
+                frames: to_frames(ms_field(s, "silence_ms", 0)?),
+                jitter_frames: to_frames(ms_field(s, "jitter_ms", 0)?),
+            }
         } else if s.get("hangup").and_then(Value::as_bool) == Some(true) {
             Step::Hangup
         } else {
@@ -664,9 +681,9 @@ impl<'a> Call<'a> {
                     }
                     return Ok(Next::Continue);
                 }
-                Step::Silence { frames } => {
+                Step::Silence { frames, jitter_frames } => {
                     if first {
-                        self.silence_left = *frames;
+                        self.silence_left = frames + per_call_jitter(&self.sess.stream_id, self.step, *jitter_frames);
                     }
                     if self.silence_left == 0 {
                         self.next_step();
@@ -1358,6 +1375,19 @@ mod tests {
         let mut q = BotPlayback::default();
         assert!(!q.on_media(t0, false, f));
         assert!(!q.speaking(t0));
+    }
+
+    #[test]
+    fn silence_jitter_is_per_call_bounded_and_repeatable() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/sim");
+        let fmt = WireFormat::new(Protocol::Dialler, None, None).unwrap();
+        let steps = load_scenario(&root.join("scenario-steady.json"), 20, &fmt).unwrap();
+        assert!(matches!(steps[1], Step::Silence { frames: 0, jitter_frames: 200 }), "{:?}", steps[1].name());
+        let picks: Vec<usize> = (0..200).map(|i| per_call_jitter(&format!("stream-{i}"), 1, 200)).collect();
+        assert!(picks.iter().all(|&p| p <= 200));
+        assert!(picks.iter().collect::<std::collections::BTreeSet<_>>().len() > 100, "spread, not lockstep");
+        assert_eq!(per_call_jitter("stream-7", 1, 200), picks[7], "same call, same pause");
+        assert_eq!(per_call_jitter("stream-7", 1, 0), 0);
     }
 
     #[test]
