@@ -89,14 +89,7 @@ impl LkWorker {
     }
 
     pub async fn wait_idle(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.health().await["worker_calls"] == 0 {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
+        super::poll_until(timeout, || async { self.health().await["worker_calls"] == 0 }).await
     }
 
     pub async fn room(&self) -> FakeRoom {

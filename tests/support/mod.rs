@@ -245,14 +245,7 @@ impl Worker {
 
     /// Wait until the worker holds no call slot.
     pub async fn wait_idle(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.health().await["worker_calls"] == 0 {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
+        poll_until(timeout, || async { self.health().await["worker_calls"] == 0 }).await
     }
 
     pub fn log_text(&self) -> String {
@@ -432,4 +425,19 @@ pub fn assert_valid_result(v: &Value) {
     let errors: Vec<String> = validator.iter_errors(v).map(|e| format!("{} at {}", e, e.instance_path())).collect();
     assert!(errors.is_empty(), "result does not match proto/results.schema.json: {errors:#?}\n{v:#}");
     assert_no_nulls(v, "$");
+}
+
+/// Poll `check` every 50 ms until it holds (true) or `timeout` passes (false).
+pub async fn poll_until<F: std::future::Future<Output = bool>>(
+    timeout: Duration,
+    mut check: impl FnMut() -> F,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
 }

@@ -834,7 +834,11 @@ mod tests {
     }
 
     async fn get_json(c: &reqwest::Client, url: &str, secret: Option<(&str, &str)>) -> (u16, Value) {
-        let mut r = c.get(url);
+        send(c.get(url), secret).await
+    }
+
+    /// Sends with the optional secret header; the status and the JSON body (Null if none).
+    async fn send(mut r: reqwest::RequestBuilder, secret: Option<(&str, &str)>) -> (u16, Value) {
         if let Some((h, v)) = secret {
             r = r.header(h, v);
         }
@@ -937,13 +941,7 @@ mod tests {
     }
 
     async fn post(c: &reqwest::Client, url: &str, body: &Value, secret: Option<(&str, &str)>) -> (u16, Value) {
-        let mut r = c.post(url).json(body);
-        if let Some((h, v)) = secret {
-            r = r.header(h, v);
-        }
-        let resp = r.send().await.expect("request");
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        send(c.post(url).json(body), secret).await
     }
 
     #[tokio::test]

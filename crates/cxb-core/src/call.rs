@@ -174,13 +174,27 @@ pub(crate) async fn record_unstarted_call(
         info!(%reason, "no CXB API configured; the unstarted call is only logged");
         return;
     };
+    let session_id = format!(
+        "{}-{}",
+        transport,
+        if meta.stream_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { meta.stream_id.clone() }
+    );
+    let summary = unstarted_summary(session_id, bot_id, transport, meta, reason);
+    let payload = build_payload(&summary, None, vec![]);
+    let _ = app.delivery.deliver(payload, Some(format!("{base}/call-results"))).await;
+}
+
+/// The summary of a call that never got a conversation: it lasted nothing and has no transcript.
+pub(crate) fn unstarted_summary(
+    session_id: String,
+    bot_id: &str,
+    transport: &'static str,
+    meta: &CallMeta,
+    reason: DisconnectedBy,
+) -> CallSummary {
     let meta = meta.clone();
-    let summary = CallSummary {
-        session_id: format!(
-            "{}-{}",
-            transport,
-            if meta.stream_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { meta.stream_id.clone() }
-        ),
+    CallSummary {
+        session_id,
         bot_id: bot_id.to_string(),
         transport,
         stream_id: meta.stream_id,
@@ -191,9 +205,7 @@ pub(crate) async fn record_unstarted_call(
         started_at: chrono::Utc::now(),
         duration: Duration::ZERO,
         disconnected_by: reason,
-    };
-    let payload = build_payload(&summary, None, vec![]);
-    let _ = app.delivery.deliver(payload, Some(format!("{base}/call-results"))).await;
+    }
 }
 
 /// `https://api.example/api/v1/config` → `https://api.example/api/v1`.

@@ -27,9 +27,9 @@ use tracing::{error, info, warn, Instrument};
 use super::cxb_api::{CxbApi, LookupError};
 use super::{CallerMatch, LiveKit, RoomLink, SAMPLE_RATE};
 use crate::app::AppState;
-use crate::call::{run_conversation, AgentDeskTarget, CallOptions, Unanswered};
+use crate::call::{run_conversation, unstarted_summary, AgentDeskTarget, CallOptions, Unanswered};
 use crate::config_client::{valid_bot_id, CallLookup, ConfigFetchError, ConfigSource};
-use crate::results::{build_payload, CallSummary};
+use crate::results::build_payload;
 use crate::tracker::CallSlot;
 
 /// Call-start bodies are a few hundred bytes; connected events a few KB.
@@ -772,23 +772,9 @@ impl RoomCall {
     async fn failed_before_start(&self, cfg: &BotConfig, why: &str) {
         error!(%why, "call failed before it started");
         metrics::counter!("cxb_calls_total", "disconnected_by" => "error", "transport" => self.transport).increment(1);
-        let mut payload = build_payload(
-            &CallSummary {
-                session_id: cfg.session_id.clone(),
-                bot_id: self.bot_id.clone(),
-                transport: self.transport,
-                stream_id: self.meta.stream_id.clone(),
-                caller_id: self.meta.caller_id.clone(),
-                did: self.meta.did.clone(),
-                call_direction: self.meta.call_direction.clone(),
-                connected_event: self.meta.connected_event.clone(),
-                started_at: chrono::Utc::now(),
-                duration: Duration::ZERO,
-                disconnected_by: DisconnectedBy::Error,
-            },
-            None,
-            vec![],
-        );
+        let summary =
+            unstarted_summary(cfg.session_id.clone(), &self.bot_id, self.transport, &self.meta, DisconnectedBy::Error);
+        let mut payload = build_payload(&summary, None, vec![]);
         payload.events.push(cxb_wire::result::CallEvent {
             kind: "service_error".into(),
             timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
