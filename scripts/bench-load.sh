@@ -24,6 +24,7 @@
 #                       speaks as soon as the greeting ends, so calls answered together take their
 #                       turns together; assets/sim/scenario-steady.json pauses 0-4 s per call first)
 #   RESULTS_WAIT_SECS   how long to wait for the worker's result posts after a level (30)
+#   CORE_LOG            the worker's RUST_LOG (default warn)
 #
 # Scheduling, as measured on the shared 2-core development box (README, Performance):
 # - The kernel has sched_autogroup on: CPU is first split evenly between *sessions*, and nice only
@@ -43,7 +44,10 @@
 # - Pinning (PIN=1: worker on one core, cxb-sim on the other) measured far worse (calls failed at
 #   500): the worker's bursts cannot use the other core, and other processes still share both.
 # Besides the latency the dialler measures, each level reports the worker-internal latency, the
-# worker's stage breakdown, the audio drift and the CPU other processes took meanwhile.
+# worker's stage breakdown, the CPU other processes took meanwhile, and the load generator's own
+# lateness: how late the dialler's frame clock sent caller frames, and how long the doubles really
+# took to apply their injected delays (`/sim/timings`). Under load those are part of what the
+# dialler measures and are not the worker's.
 #
 # Prints a Markdown table and writes $OUT_DIR/*.json.
 set -euo pipefail
@@ -111,7 +115,7 @@ trap cleanup EXIT
 "${SERVE_RUN[@]}" "$SIM_BIN" serve --threads "$SERVE_THREADS" --listen 127.0.0.1:$SIM_PORT --llm-ttft-ms 150 --tts-ttfb-ms 100 \
   --stt-latency-ms 80 --results-file "$RESULTS" >"$OUT/sim.log" 2>&1 &
 SIM_PID=$!
-RUST_LOG=warn LISTEN_ADDR=127.0.0.1:$CORE_PORT CXB_API_CONFIG_URL=http://127.0.0.1:$SIM_PORT/api/v1/config \
+RUST_LOG=${CORE_LOG:-warn} LISTEN_ADDR=127.0.0.1:$CORE_PORT CXB_API_CONFIG_URL=http://127.0.0.1:$SIM_PORT/api/v1/config \
   CXBCORE_DATA_DIR="$DATA" MAX_CONCURRENT_CALLS=2000 "${CORE_RUN[@]}" "$CORE_BIN" >"$OUT/core.log" 2>&1 &
 CORE_PID=$!
 for _ in $(seq 100); do curl -sf http://127.0.0.1:$CORE_PORT/health >/dev/null && break; sleep 0.1; done
@@ -131,6 +135,7 @@ echo "| concurrent calls | completed | failed | worker CPU-s per call-minute | s
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
 BASE_RSS=$(rss_kb)
 for n in "${LEVELS[@]}"; do
+  curl -sf -X DELETE http://127.0.0.1:$SIM_PORT/sim/timings >/dev/null || true
   t0=$(ticks $CORE_PID); s0=$(ticks $SIM_PID); r0=$(wc -l <"$RESULTS"); b0=$(busy); w0=$(date +%s.%N)
   ( while kill -0 $CORE_PID 2>/dev/null; do rss_kb; sleep 0.5; done ) >"$OUT/rss-$n.txt" &
   SAMPLER=$!
@@ -144,10 +149,12 @@ for n in "${LEVELS[@]}"; do
   # The worker posts each result through its outbox after the call; wait (bounded) for them.
   want=$((r0 + n))
   for _ in $(seq $((RESULTS_WAIT_SECS * 10))); do [ "$(wc -l <"$RESULTS")" -ge "$want" ] && break; sleep 0.1; done
+  curl -sf http://127.0.0.1:$SIM_PORT/sim/timings >"$OUT/timings-$n.json" || echo '{}' >"$OUT/timings-$n.json"
   python3 - "$OUT/dial-$n.json" "$t0" "$t1" "$s0" "$s1" "$HZ" "$BASE_RSS" "$OUT/rss-$n.txt" "$n" "$RESULTS" "$r0" \
-    "$OUT/settings.json" "$NOTES" "$((b1 - b0))" "$w0" "$w1" <<'PY'
+    "$OUT/settings.json" "$NOTES" "$((b1 - b0))" "$w0" "$w1" "$OUT/timings-$n.json" <<'PY'
 import json, math, sys
-(summary, t0, t1, s0, s1, hz, base, rssf, n, resf, r0, setf, notesf, busy, w0, w1) = sys.argv[1:]
+(summary, t0, t1, s0, s1, hz, base, rssf, n, resf, r0, setf, notesf, busy, w0, w1, timf) = sys.argv[1:]
+timings = json.load(open(timf))
 busy, wall = int(busy), float(w1) - float(w0)
 t0, t1, s0, s1, hz, base, n, r0 = map(int, (t0, t1, s0, s1, hz, base, n, r0))
 try:
@@ -166,6 +173,9 @@ def three(v):
 
 def two(v):
     return f"{pct(v, 50):.0f}/{pct(v, 99):.0f}" if v else "n/a"
+
+def dist2(d):  # p50/p99 of a Dist the sim computed
+    return f"{d['p50']:.0f}/{d['p99']:.0f}" if d and d.get("count") else "n/a"
 
 def injected(turn):  # the dialler's formula (dialler.rs SimSettings::injected_ms); turns are 1-based
     chunks = settings.get("first_sentence_chunks") or []
@@ -207,11 +217,13 @@ print(f"| {n} | {s['completed']} | {s['failed']} | {cpu / cm:.4f} | {sim_col} | 
 other_cores = max(0.0, busy / hz - cpu - sim_cpu) / max(wall, 1e-9)
 with open(notesf, "a") as notes:
     print(f"- {n} calls: worker-measured LLM TTFT p50/p99 {two(llm)} ms and TTS TTFB {two(tts)} ms "
-          f"(injected {settings['llm_ttft_ms']} and {settings['tts_ttfb_ms']}: the excess is the doubles' and the network's lateness); "
+          f"(injected {settings['llm_ttft_ms']} and {settings['tts_ttfb_ms']}); as the doubles applied them (request in -> first byte out) "
+          f"LLM TTFT {dist2(timings.get('llm_ttft_ms'))} ms and TTS TTFB {dist2(timings.get('tts_ttfb_ms'))} ms; "
           f"worker-internal minus *measured* LLM TTFT and TTS TTFB p50/p95/p99 {three(own)} ms; "
           f"worker-internal minus *measured* LLM time to first sentence and TTS TTFB p50/p95/p99 {three(own_sentence)} ms; "
           f"worker-internal minus injected per caller turn p99: "
           + ", ".join(f"turn {t}: {pct(v, 99):.0f}" for t, v in sorted(per_turn.items()))
+          + f"; dialler frame clock lag (frame sent after it was due) p50/p99 {dist2(s.get('send_lag_ms'))} ms"
           + f"; caller audio drift (dialler behind real time at call end) p50 {s.get('audio_drift_ms', {}).get('p50', 0):.0f} ms"
           + f"; dialler CPU {s.get('dialler_cpu_secs', 'n/a')} s, doubles CPU {(s1 - s0) / hz:.2f} s, worker CPU {cpu:.2f} s, "
           f"{call_minutes:.1f} call-minutes; other processes on the machine used {other_cores:.2f} cores meanwhile", file=notes)

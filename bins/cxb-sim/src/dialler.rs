@@ -2,11 +2,16 @@
 //! dialler WebSocket protocol (contract §6.1, wire-protocols §7) by default, and Exotel, Twilio,
 //! Telnyx, Plivo or Vonage with `--protocol` (see [`crate::protocols`]).
 //!
-//! Sending is interval-driven with `MissedTickBehavior::Delay`: every caller frame is delivered
-//! in order and a late tick never causes a catch-up burst (which would distort the worker's VAD
-//! and jitter handling); the price is that under overload the stream runs slower than real time,
-//! which is measured and reported (`max_send_lag_ms`, `audio_drift_ms`). `Skip` would instead
-//! drop caller audio (missing words), and `Burst` would send bursts.
+//! Sending keeps a fixed 20 ms frame clock, as a real dialler's packet clock does: a tick that
+//! fires late (this process starved of CPU) sends its frame late, and the frames due meanwhile
+//! follow at once (`MissedTickBehavior::Burst`), which the worker sees as network jitter. The
+//! caller's audio therefore never runs slower than real time, and a late tick does not push
+//! every later frame (and the end of every later say) back; the worker's VAD counts audio, not
+//! wall time, so a short catch-up does not change its decisions. Latency is measured from the
+//! *scheduled* instant of the frame holding the last speech sample (when the caller stopped
+//! speaking), so the dialler's own lateness counts against the worker, never for it. A lag beyond
+//! [`MAX_CATCH_UP`] restarts the clock instead of bursting (counted in `audio_drift_ms`); the
+//! lag is reported as `max_send_lag_ms` and `send_lag_ms` (p50/p99 of every frame).
 //!
 //! Bot audio is modelled as a playback buffer, as a real dialler plays it: each `reverse-media`
 //! frame plays for its duration after the previous one; `reverse-media-stop` clears the buffer.
@@ -27,7 +32,7 @@ use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
 use crate::audio::{load_wav, samples_for_ms};
 use crate::protocols::{FramePayload, Protocol, Reply, Session, WireFormat};
-use crate::stats::Dist;
+use crate::stats::{Dist, MsHistogram};
 
 /// A gap this long (with nothing playing) separates two bot utterances; also the `bot_done` gap.
 pub const BOT_GAP: Duration = Duration::from_millis(600);
@@ -275,6 +280,8 @@ pub struct CallReport {
     pub bot_hangups: u64,
     pub transfers: u64,
     pub max_send_lag_ms: f64,
+    /// How late each caller frame went out against the frame clock.
+    pub send_lag: MsHistogram,
     pub audio_drift_ms: f64,
     /// Playback marks (mark / checkpoint / notify) the bot placed, and the echoes we sent back.
     pub marks_sent: u64,
@@ -717,10 +724,12 @@ impl<'a> Call<'a> {
         }
     }
 
-    fn after_say_frame(&mut self, speech_end_now: bool, turn: usize, sent_at: Instant) {
+    /// `due`: when the frame was due on the frame clock (the caller's real time), not when this
+    /// process got round to sending it.
+    fn after_say_frame(&mut self, speech_end_now: bool, turn: usize, due: Instant) {
         if speech_end_now {
             let injected = self.sh.settings.as_ref().map_or(0.0, |s| s.injected_ms(turn));
-            self.pending_latency = Some((sent_at, injected));
+            self.pending_latency = Some((due, injected));
         }
         if let Some(Step::Say { wav, .. }) = self.sh.steps.get(self.step) {
             if self.say_pos >= wav.frames.len() {
@@ -876,6 +885,10 @@ fn closed_by_bot(call: &mut Call<'_>) -> bool {
     true
 }
 
+/// The furthest the frame clock may fall behind before it restarts instead of catching up (the
+/// catch-up would be a burst of this much audio).
+const MAX_CATCH_UP: Duration = Duration::from_millis(200);
+
 /// Offset of call `index`'s frame clock inside one frame period. A golden-ratio sequence spreads
 /// the calls' send instants evenly over the period whatever the ramp: with the benchmark's 5 ms
 /// ramp and 20 ms frames every call otherwise ticked at one of only 4 instants, so a quarter of
@@ -914,7 +927,7 @@ async fn drive(index: usize, call: &mut Call<'_>) -> Result<(), String> {
     // The first caller frame goes out within one frame period of `answer`.
     let first_tick = answered + frame_phase(index, sh.frame);
     let mut ticker = tokio::time::interval_at(first_tick, sh.frame);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let mut frames_sent: u64 = 0;
 
     if let Next::Done = call.advance(&mut ws, answered).await? {
@@ -929,9 +942,15 @@ async fn drive(index: usize, call: &mut Call<'_>) -> Result<(), String> {
             biased;
             scheduled = ticker.tick() => {
                 let now = Instant::now();
-                let lag = now.saturating_duration_since(scheduled).as_secs_f64() * 1000.0;
+                let late = now.saturating_duration_since(scheduled);
+                let lag = late.as_secs_f64() * 1000.0;
                 if lag > call.rep.max_send_lag_ms {
                     call.rep.max_send_lag_ms = lag;
+                }
+                call.rep.send_lag.record(lag);
+                if late > MAX_CATCH_UP {
+                    // Too far behind to catch up without a long burst: restart the clock.
+                    ticker.reset();
                 }
                 while call.echoes.front().is_some_and(|(due, _)| *due <= now) {
                     let (_, m) = call.echoes.pop_front().expect("checked");
@@ -944,7 +963,7 @@ async fn drive(index: usize, call: &mut Call<'_>) -> Result<(), String> {
                 frames_sent += 1;
                 let sent_at = Instant::now();
                 if let Some((speech_end_now, turn)) = say {
-                    call.after_say_frame(speech_end_now, turn, sent_at);
+                    call.after_say_frame(speech_end_now, turn, scheduled);
                 }
                 let elapsed = sent_at.duration_since(first_tick).as_secs_f64() * 1000.0;
                 call.rep.audio_drift_ms = elapsed - (frames_sent - 1) as f64 * sh.frame.as_secs_f64() * 1000.0;
@@ -1159,6 +1178,7 @@ pub fn summarize(
     let tts_ttfb = settings.map_or(0.0, |s| s.tts_ttfb_ms as f64);
     let mut totals = [0u64; 8];
     let mut max_lag = 0.0f64;
+    let mut send_lag = MsHistogram::default();
     let (mut marks_sent, mut marks_echoed, mut rest_hangups, mut close_hangups) = (0u64, 0u64, 0u64, 0u64);
     let (mut call_secs, mut max_ahead) = (0.0f64, 0.0f64);
     for r in reports {
@@ -1185,6 +1205,7 @@ pub fn summarize(
         }
         drift.push(r.audio_drift_ms);
         max_lag = max_lag.max(r.max_send_lag_ms);
+        send_lag.merge(&r.send_lag);
         marks_sent += r.marks_sent;
         marks_echoed += r.marks_echoed;
         rest_hangups += r.rest_hangups;
@@ -1250,6 +1271,7 @@ pub fn summarize(
         "max_bot_audio_ahead_ms": (max_ahead * 10.0).round() / 10.0,
         "call_seconds_total": (call_secs * 100.0).round() / 100.0,
         "max_send_lag_ms": (max_lag * 10.0).round() / 10.0,
+        "send_lag_ms": send_lag.dist(),
         "audio_drift_ms": Dist::from(&drift),
         "wall_secs": (wall_secs * 100.0).round() / 100.0,
         "url": opts.url,

@@ -83,6 +83,7 @@ pub fn routes() -> Router<Arc<SimState>> {
         .route("/sim/control", post(control))
         .route("/sim/settings", get(settings))
         .route("/sim/stats", get(stats))
+        .route("/sim/timings", get(timings).delete(clear_timings))
         .route("/sim/llm-requests", get(llm_requests))
         .route("/sim/reset", post(reset))
         .route("/sim/health", get(|| async { Json(json!({"status":"ok"})) }))
@@ -441,6 +442,15 @@ async fn stats(State(state): State<Arc<SimState>>) -> Json<Value> {
     v["results_duplicates"] = json!(api.duplicates);
     v["results_rejected"] = json!(api.rejections.len());
     Json(v)
+}
+
+async fn timings(State(state): State<Arc<SimState>>) -> Json<Value> {
+    Json(state.timings.json())
+}
+
+async fn clear_timings(State(state): State<Arc<SimState>>) -> StatusCode {
+    state.timings.clear();
+    StatusCode::NO_CONTENT
 }
 
 async fn llm_requests(State(state): State<Arc<SimState>>) -> Json<Value> {

@@ -102,6 +102,34 @@ pub struct Counters {
     pub results_posts: AtomicU64,
 }
 
+/// How long the doubles really took to apply their injected delays: request in → first byte
+/// handed to the connection. Under load a double's own timers and run queue make this longer than
+/// the injected value; the benchmark reads it (`GET /sim/timings`, `DELETE` clears) to tell the
+/// doubles' lateness from the worker's.
+#[derive(Debug, Default)]
+pub struct DoubleTimings {
+    pub llm_ttft: Mutex<stats::MsHistogram>,
+    pub tts_ttfb: Mutex<stats::MsHistogram>,
+}
+
+impl DoubleTimings {
+    pub fn record(h: &Mutex<stats::MsHistogram>, since: tokio::time::Instant) {
+        let ms = since.elapsed().as_secs_f64() * 1000.0;
+        h.lock().unwrap_or_else(|p| p.into_inner()).record(ms);
+    }
+
+    pub fn json(&self) -> Value {
+        let d = |h: &Mutex<stats::MsHistogram>| json!(h.lock().unwrap_or_else(|p| p.into_inner()).dist());
+        json!({"llm_ttft_ms": d(&self.llm_ttft), "tts_ttfb_ms": d(&self.tts_ttfb)})
+    }
+
+    pub fn clear(&self) {
+        for h in [&self.llm_ttft, &self.tts_ttfb] {
+            *h.lock().unwrap_or_else(|p| p.into_inner()) = stats::MsHistogram::default();
+        }
+    }
+}
+
 /// Shared state of the server.
 #[derive(Debug)]
 pub struct SimState {
@@ -122,6 +150,7 @@ pub struct SimState {
     /// The last LLM request bodies (bounded), for tests: `GET /sim/llm-requests`.
     pub llm_requests: Mutex<VecDeque<Value>>,
     pub counters: Counters,
+    pub timings: DoubleTimings,
     /// Tool-call id counter (`call_<n>`).
     pub next_call_id: AtomicU64,
     /// Requests seen by the telephony REST fakes.
@@ -157,6 +186,7 @@ impl SimState {
             results_file: opts.results_file.clone(),
             llm_requests: Mutex::new(VecDeque::new()),
             counters: Counters::default(),
+            timings: DoubleTimings::default(),
             next_call_id: AtomicU64::new(1),
             telephony: telephony_fakes::Store::default(),
         }
@@ -253,6 +283,12 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<SimServer> {
     let state = Arc::new(SimState::new(&opts, addr));
     let app = router(state.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    // The doubles stream small timed messages (SSE chunks, audio): with Nagle a chunk written
+    // while the previous one is unacknowledged waits for the worker's delayed ACK (up to 40 ms),
+    // lateness that would be charged to the worker.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let join = tokio::spawn(async move {
         axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::script::Reply;
-use crate::{Latencies, SimState, LLM_REQUESTS_KEPT};
+use crate::{DoubleTimings, Latencies, SimState, LLM_REQUESTS_KEPT};
 
 fn openai_error(status: StatusCode, message: &str, kind: &str, code: Option<&str>) -> Response {
     (status, Json(json!({"error": {"message": message, "type": kind, "param": null, "code": code}}))).into_response()
@@ -173,6 +173,7 @@ fn sse_response(rx: mpsc::Receiver<Bytes>) -> Response {
 }
 
 pub async fn handler(State(state): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let received = tokio::time::Instant::now();
     state.counters.llm_requests.fetch_add(1, Ordering::Relaxed);
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
     let key = auth.strip_prefix("Bearer ").map(str::trim).unwrap_or("");
@@ -292,6 +293,9 @@ pub async fn handler(State(state): State<Arc<SimState>>, headers: HeaderMap, bod
             if tx.send(c).await.is_err() {
                 tracing::debug!("llm: client went away mid-stream");
                 return;
+            }
+            if i == 0 {
+                DoubleTimings::record(&state.timings.llm_ttft, received);
             }
         }
     });

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::audio::{samples_for_ms, text_duration_ms, word_spans, SpeechSynth};
-use crate::{close_ws, Latencies, SimState};
+use crate::{close_ws, DoubleTimings, Latencies, SimState};
 
 pub const SAMPLE_RATES: [u32; 6] = [8000, 16000, 22050, 24000, 44100, 48000];
 /// Cartesia closes an idle socket after about 5 minutes.
@@ -236,7 +236,7 @@ async fn run(mut socket: WebSocket, state: Arc<SimState>) {
                     let _ = tx.send(r);
                     state.counters.cartesia_contexts.fetch_add(1, Ordering::Relaxed);
                     let ttfb = Latencies::dur(&state.lat.tts_ttfb_ms);
-                    tokio::spawn(run_context(cid.clone(), fmt, rx, cancelled.clone(), out_tx.clone(), ttfb));
+                    tokio::spawn(run_context(cid.clone(), fmt, rx, cancelled.clone(), out_tx.clone(), ttfb, state.clone()));
                     contexts.insert(cid.clone(), CtxHandle { tx, cancelled });
                 }
                 if ends {
@@ -290,7 +290,9 @@ async fn run_context(
     cancelled: Arc<AtomicBool>,
     out: mpsc::Sender<Outgoing>,
     ttfb: Duration,
+    state: Arc<SimState>,
 ) {
+    let timings = &state.timings;
     let mut first = true;
     let mut synth = SpeechSynth::new(fmt.sample_rate);
     let mut offset_ms = 0.0f64;
@@ -310,6 +312,7 @@ async fn run_context(
         if is_cancelled() {
             return;
         }
+        let mut first_request_at = first.then(Instant::now);
         if first {
             first = false;
             tokio::time::sleep(ttfb).await;
@@ -334,6 +337,9 @@ async fn run_context(
                 let step_time = (started.elapsed().as_secs_f64() * 1000.0 * 100.0).round() / 100.0;
                 if !send(chunk_message(&cid_json, &bytes, step_time)).await {
                     return;
+                }
+                if let Some(at) = first_request_at.take() {
+                    DoubleTimings::record(&timings.tts_ttfb, at);
                 }
             }
             if req.add_timestamps {

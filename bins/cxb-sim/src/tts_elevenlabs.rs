@@ -150,6 +150,7 @@ async fn run(mut socket: WebSocket, state: Arc<SimState>, voice_id: String, rate
             close_ws(&mut socket, 1009, "invalid_request: text message too long").await;
             return;
         }
+        let first_text_at = first_audio.then(tokio::time::Instant::now);
         if first_audio {
             first_audio = false;
             tokio::time::sleep(Latencies::dur(&state.lat.tts_ttfb_ms)).await;
@@ -157,6 +158,9 @@ async fn run(mut socket: WebSocket, state: Arc<SimState>, voice_id: String, rate
         let (m, _) = audio_message(&mut synth, rate, &text);
         if !send(&mut socket, m).await {
             return;
+        }
+        if let Some(at) = first_text_at {
+            crate::DoubleTimings::record(&state.timings.tts_ttfb, at);
         }
     }
 }

@@ -197,6 +197,9 @@ async fn dialler_measures_latency_barge_in_and_hangup() {
     // 200 ms endpointing + 100 ms reply delay + up to two 20 ms ticks on each side.
     assert!((250.0..600.0).contains(&p50), "latency p50 {p50}");
     assert_eq!(a["latency_minus_injected_ms"]["p50"], a["latency_ms"]["p50"], "nothing injected without --sim-url");
+    // Every caller frame's lateness against the fixed frame clock is in the summary.
+    assert!(a["send_lag_ms"]["count"].as_u64().unwrap() >= 2 * 30, "{a:#}");
+    assert!(a["send_lag_ms"]["p50"].as_f64().unwrap() <= a["max_send_lag_ms"].as_f64().unwrap() + 1.0);
     let on_disk: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(on_disk["calls"], 2);
 

@@ -237,6 +237,11 @@ fn sse_events(body: &str) -> Vec<String> {
         .collect()
 }
 
+async fn timings(s: &SimServer) -> Value {
+    let url = format!("{}/sim/timings", s.url("http"));
+    reqwest::Client::new().get(url).send().await.unwrap().json().await.unwrap()
+}
+
 async fn chat(s: &SimServer, body: Value, auth: Option<&str>) -> reqwest::Response {
     let mut r = reqwest::Client::new().post(format!("{}/v1/chat/completions", s.url("http"))).json(&body);
     if let Some(a) = auth {
@@ -290,6 +295,14 @@ async fn openai_streams_text_tools_and_faults() {
     assert!(text.starts_with("Sure. Your order shipped yesterday"));
     assert_eq!(choice_chunks.last().unwrap()["choices"][0]["finish_reason"], "stop");
     assert_eq!(choice_chunks[1]["choices"][0]["delta"]["content"], "Sure. ");
+    // The double reports the delay it really applied (at least the injected 20 ms), and clears.
+    let t = timings(&s).await;
+    assert_eq!(t["llm_ttft_ms"]["count"], 1);
+    assert!(t["llm_ttft_ms"]["max"].as_f64().unwrap() >= 20.0, "{t}");
+    let http = s.url("http");
+    let cleared = reqwest::Client::new().delete(format!("{http}/sim/timings")).send().await.unwrap();
+    assert_eq!(cleared.status(), 204);
+    assert_eq!(timings(&s).await["llm_ttft_ms"]["count"], 0);
 
     // Tool call reply.
     let r = chat(&s, req("sim-model", user("No that is all, thank you, goodbye")), Some("Bearer k")).await;
@@ -398,6 +411,10 @@ async fn cartesia_contexts_cancel_and_errors() {
     }
     done.sort();
     assert_eq!(done, vec!["A", "B"]);
+    // A and B each had a first byte after at least the injected 100 ms; cancelled C had none.
+    let t = timings(&s).await;
+    assert_eq!(t["tts_ttfb_ms"]["count"], 2, "{t}");
+    assert!(t["tts_ttfb_ms"]["p50"].as_f64().unwrap() >= 100.0, "{t}");
     // 65 ms per character: "Hello there. " (13) + "Bye." (4) = 1105 ms; "Hi" → min 200 ms.
     assert_eq!(bytes["A"], 1105 * 16);
     assert_eq!(bytes["B"], 200 * 16);
@@ -457,6 +474,9 @@ async fn elevenlabs_stream_input() {
         Got::Closed(Some(cf)) => assert_eq!(u16::from(cf.code), 1000),
         _ => panic!("expected close 1000"),
     }
+    let t = timings(&s).await;
+    assert_eq!(t["tts_ttfb_ms"]["count"], 1, "{t}");
+    assert!(t["tts_ttfb_ms"]["max"].as_f64().unwrap() >= 20.0, "{t}");
     // A first message that is not the initialise message is refused with a clear reason.
     let mut ws = connect(&url, &[("xi-api-key", "k")]).await.unwrap();
     send_text(&mut ws, json!({"text":"Hello"})).await;

@@ -22,6 +22,7 @@ pub mod transports;
 
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -91,6 +92,13 @@ pub async fn serve_with(
         let _ = stop_tx.send(());
     });
     let app = app::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    // Media frames are small and timed: Nagle would hold a frame written while the previous one
+    // is unacknowledged until the peer's delayed ACK (up to 40 ms) — audible jitter.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            warn!("cannot set TCP_NODELAY on an accepted connection: {e}");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stop_rx.await;
