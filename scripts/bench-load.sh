@@ -182,18 +182,31 @@ def injected(turn):  # the dialler's formula (dialler.rs SimSettings::injected_m
     c = chunks[turn - 1] if 0 < turn <= len(chunks) else 0
     return settings["llm_ttft_ms"] + settings["tts_ttfb_ms"] + settings["llm_token_interval_ms"] * c
 
+def stamp(t):  # transcript timestamp -> epoch seconds
+    from datetime import datetime
+    return datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp()
+
 worker, own, own_sentence, llm, tts, per_turn = [], [], [], [], [], {}
+when = []  # (worker-internal minus injected, second of the run the reply started in)
 with open(resf) as f:
     for i, line in enumerate(f):
         if i < r0 or not line.strip():
             continue
         r = json.loads(line)
+        lines = r.get("transcript") or []
+        said = [stamp(t["timestamp"]) for t in lines if t.get("speaker") == "customer"]
+        replies = [stamp(t["timestamp"]) for t in lines if t.get("speaker") == "bot"]
         for l in r.get("latency_samples") or []:
             total = l.get("total_response_ms")
             if total is None:
                 continue
             turn = int(l.get("turn", 0))
             worker.append(total - injected(turn))
+            # The reply to turn N: the first bot line after the caller's Nth line.
+            if 0 < turn <= len(said):
+                after = [b for b in replies if b > said[turn - 1]]
+                if after:
+                    when.append((total - injected(turn), int(min(after))))
             per_turn.setdefault(turn, []).append(total - injected(turn))
             if l.get("llm_ttft_ms") is not None and l.get("tts_ttfb_ms") is not None:
                 llm.append(l["llm_ttft_ms"])
@@ -214,6 +227,18 @@ cm = max(call_minutes, 1e-9)
 sim_col = f"{sim_cpu / cm:.3f}" if "dialler_cpu_secs" in s else f"{sim_cpu / cm:.3f} (doubles only)"
 print(f"| {n} | {s['completed']} | {s['failed']} | {cpu / cm:.4f} | {sim_col} | {peak/1024:.1f} | {per_call:.2f} "
       f"| {adj['p50']:.0f} / {adj['p95']:.0f} / {adj['p99']:.0f} | {three(worker)} | {opening} | {s.get('max_send_lag_ms', 0):.0f} |")
+def burst_note():
+    # Are the slowest replies spread over the run, or bunched in its busiest seconds?
+    if len(when) < 100:
+        return "too few replies to place the slowest in time"
+    from collections import Counter
+    per_sec = Counter(sec for _, sec in when)
+    cut = pct([x for x, _ in when], 99)
+    slow = [sec for x, sec in when if x >= cut]
+    busy = sorted(per_sec.values())
+    return (f"the slowest 1 % of replies (>= {cut:.0f} ms) started in seconds with {two([per_sec[sec] for sec in slow])} "
+            f"replies p50/p99 (all seconds of the run: p50 {pct(busy, 50)}, busiest {busy[-1]})")
+
 other_cores = max(0.0, busy / hz - cpu - sim_cpu) / max(wall, 1e-9)
 with open(notesf, "a") as notes:
     print(f"- {n} calls: worker-measured LLM TTFT p50/p99 {two(llm)} ms and TTS TTFB {two(tts)} ms "
@@ -223,6 +248,7 @@ with open(notesf, "a") as notes:
           f"worker-internal minus *measured* LLM time to first sentence and TTS TTFB p50/p95/p99 {three(own_sentence)} ms; "
           f"worker-internal minus injected per caller turn p99: "
           + ", ".join(f"turn {t}: {pct(v, 99):.0f}" for t, v in sorted(per_turn.items()))
+          + f"; {burst_note()}"
           + f"; dialler frame clock lag (frame sent after it was due) p50/p99 {dist2(s.get('send_lag_ms'))} ms"
           + f"; caller audio drift (dialler behind real time at call end) p50 {s.get('audio_drift_ms', {}).get('p50', 0):.0f} ms"
           + f"; dialler CPU {s.get('dialler_cpu_secs', 'n/a')} s, doubles CPU {(s1 - s0) / hz:.2f} s, worker CPU {cpu:.2f} s, "

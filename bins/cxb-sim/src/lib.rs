@@ -283,12 +283,10 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<SimServer> {
     let state = Arc::new(SimState::new(&opts, addr));
     let app = router(state.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    // The doubles stream small timed messages (SSE chunks, audio): with Nagle a chunk written
-    // while the previous one is unacknowledged waits for the worker's delayed ACK (up to 40 ms),
-    // lateness that would be charged to the worker.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    // The doubles keep Nagle on their accepted sockets: the first byte of a reply goes out at once
+    // (nothing is unacknowledged after the injected wait) and what follows back to back (audio
+    // chunks, SSE tokens) coalesces into fewer segments. With TCP_NODELAY here the 500-call
+    // benchmark measured ~6 % more CPU on both sides and no lower latency.
     let join = tokio::spawn(async move {
         axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {
