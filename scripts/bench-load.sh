@@ -25,6 +25,13 @@
 #                       turns together; assets/sim/scenario-steady.json pauses 0-4 s per call first)
 #   RESULTS_WAIT_SECS   how long to wait for the worker's result posts after a level (30)
 #   CORE_LOG            the worker's RUST_LOG (default warn)
+#   CORE_URL            a worker that is already running, e.g. on a machine of its own
+#                       (http://10.0.0.5:8080): not started here, and its CPU and RSS are not
+#                       measured here (read them on its host). Start it with
+#                       CXB_API_CONFIG_URL=http://<SIM_PUBLIC_HOST>:<SIM_PORT>/api/v1/config and
+#                       MAX_CONCURRENT_CALLS above the largest level.
+#   SIM_HOST            address cxb-sim listens on (default 127.0.0.1; 0.0.0.0 for a remote worker)
+#   SIM_PUBLIC_HOST     host a remote worker reaches cxb-sim by (its provider and webhook URLs)
 #
 # Scheduling, as measured on the shared 2-core development box (README, Performance):
 # - The kernel has sched_autogroup on: CPU is first split evenly between *sessions*, and nice only
@@ -102,6 +109,10 @@ if [ "$SERVE_NICE" != 0 ]; then SERVE_RUN+=(nice -n "$SERVE_NICE"); fi
 if [ "$DIAL_NICE" != 0 ]; then DIAL_RUN+=(nice -n "$DIAL_NICE"); fi
 
 SIM_PORT=${SIM_PORT:-19100}; CORE_PORT=${CORE_PORT:-18080}
+SIM_HOST=${SIM_HOST:-127.0.0.1}
+CORE_URL=${CORE_URL:-}; CORE_URL=${CORE_URL%/}
+CORE_HTTP=${CORE_URL:-http://127.0.0.1:$CORE_PORT}
+SIM_HTTP=http://127.0.0.1:$SIM_PORT
 DATA=$(mktemp -d)
 RESULTS="$OUT/results.jsonl"
 NOTES="$OUT/notes.md"
@@ -112,21 +123,25 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"${SERVE_RUN[@]}" "$SIM_BIN" serve --threads "$SERVE_THREADS" --listen 127.0.0.1:$SIM_PORT --llm-ttft-ms 150 --tts-ttfb-ms 100 \
-  --stt-latency-ms 80 --results-file "$RESULTS" >"$OUT/sim.log" 2>&1 &
+PUBLIC=(); [ -n "${SIM_PUBLIC_HOST:-}" ] && PUBLIC=(--public-host "$SIM_PUBLIC_HOST")
+"${SERVE_RUN[@]}" "$SIM_BIN" serve --threads "$SERVE_THREADS" --listen "$SIM_HOST:$SIM_PORT" "${PUBLIC[@]}" \
+  --llm-ttft-ms 150 --tts-ttfb-ms 100 --stt-latency-ms 80 --results-file "$RESULTS" >"$OUT/sim.log" 2>&1 &
 SIM_PID=$!
-RUST_LOG=${CORE_LOG:-warn} LISTEN_ADDR=127.0.0.1:$CORE_PORT CXB_API_CONFIG_URL=http://127.0.0.1:$SIM_PORT/api/v1/config \
-  CXBCORE_DATA_DIR="$DATA" MAX_CONCURRENT_CALLS=2000 "${CORE_RUN[@]}" "$CORE_BIN" >"$OUT/core.log" 2>&1 &
-CORE_PID=$!
-for _ in $(seq 100); do curl -sf http://127.0.0.1:$CORE_PORT/health >/dev/null && break; sleep 0.1; done
-curl -sf http://127.0.0.1:$CORE_PORT/health >/dev/null || { echo "worker did not come up; see $OUT/core.log" >&2; exit 1; }
-curl -sf http://127.0.0.1:$SIM_PORT/sim/settings >"$OUT/settings.json" || { echo "cxb-sim did not come up; see $OUT/sim.log" >&2; exit 1; }
+if [ -z "$CORE_URL" ]; then
+  RUST_LOG=${CORE_LOG:-warn} LISTEN_ADDR=127.0.0.1:$CORE_PORT CXB_API_CONFIG_URL=$SIM_HTTP/api/v1/config \
+    CXBCORE_DATA_DIR="$DATA" MAX_CONCURRENT_CALLS=2000 "${CORE_RUN[@]}" "$CORE_BIN" >"$OUT/core.log" 2>&1 &
+  CORE_PID=$!
+fi
+for _ in $(seq 100); do curl -sf "$CORE_HTTP/health" >/dev/null && break; sleep 0.1; done
+curl -sf "$CORE_HTTP/health" >/dev/null || { echo "worker at $CORE_HTTP did not come up; see $OUT/core.log" >&2; exit 1; }
+curl -sf $SIM_HTTP/sim/settings >"$OUT/settings.json" || { echo "cxb-sim did not come up; see $OUT/sim.log" >&2; exit 1; }
 
-ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# CPU ticks of a process (0 when it is not ours to measure: a remote worker).
+ticks() { if [ -n "$1" ]; then awk '{print $14+$15}' "/proc/$1/stat"; else echo 0; fi; }
 # Busy ticks of the whole machine (user nice system irq softirq steal) and wall time, to report
 # how much CPU other processes took during a level: on a shared box that is the main noise.
 busy() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
-rss_kb() { awk '/VmRSS/{print $2}' /proc/$CORE_PID/status; }
+rss_kb() { if [ -n "${CORE_PID:-}" ]; then awk '/VmRSS/{print $2}' /proc/$CORE_PID/status; else echo 0; fi; }
 HZ=$(getconf CLK_TCK)
 
 echo "scheduling: session $(cat /proc/self/autogroup 2>/dev/null || echo "(no autogroup)"); doubles: ${SERVE_RUN[*]:-(same priority)}; dialler: ${DIAL_RUN[*]:-(same priority)}; --threads $SERVE_THREADS (doubles) / $DIAL_THREADS (dialler); worker: ${CORE_RUN[*]:-(unpinned)}; $(nproc) CPUs"
@@ -135,25 +150,25 @@ echo "| concurrent calls | completed | failed | worker CPU-s per call-minute | s
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
 BASE_RSS=$(rss_kb)
 for n in "${LEVELS[@]}"; do
-  curl -sf -X DELETE http://127.0.0.1:$SIM_PORT/sim/timings >/dev/null || true
-  t0=$(ticks $CORE_PID); s0=$(ticks $SIM_PID); r0=$(wc -l <"$RESULTS"); b0=$(busy); w0=$(date +%s.%N)
-  ( while kill -0 $CORE_PID 2>/dev/null; do rss_kb; sleep 0.5; done ) >"$OUT/rss-$n.txt" &
+  curl -sf -X DELETE $SIM_HTTP/sim/timings >/dev/null || true
+  t0=$(ticks "${CORE_PID:-}"); s0=$(ticks $SIM_PID); r0=$(wc -l <"$RESULTS"); b0=$(busy); w0=$(date +%s.%N)
+  ( while [ -n "${CORE_PID:-}" ] && kill -0 $CORE_PID 2>/dev/null; do rss_kb; sleep 0.5; done ) >"$OUT/rss-$n.txt" &
   SAMPLER=$!
-  "${DIAL_RUN[@]}" "$SIM_BIN" dial --threads "$DIAL_THREADS" --url ws://127.0.0.1:$CORE_PORT/ws/demo --calls "$n" --concurrency "$n" \
-    --ramp-ms "$RAMP_MS" --scenario "${SCENARIO:-assets/sim/scenario.json}" --sim-url http://127.0.0.1:$SIM_PORT --out "$OUT/dial-$n.json" \
+  "${DIAL_RUN[@]}" "$SIM_BIN" dial --threads "$DIAL_THREADS" --url "${CORE_HTTP/#http/ws}/ws/demo" --calls "$n" --concurrency "$n" \
+    --ramp-ms "$RAMP_MS" --scenario "${SCENARIO:-assets/sim/scenario.json}" --sim-url $SIM_HTTP --out "$OUT/dial-$n.json" \
     >/dev/null 2>"$OUT/dial-$n.log" || true
   kill $SAMPLER 2>/dev/null || true
   wait $SAMPLER 2>/dev/null || true
   SAMPLER=
-  t1=$(ticks $CORE_PID); s1=$(ticks $SIM_PID); b1=$(busy); w1=$(date +%s.%N)
+  t1=$(ticks "${CORE_PID:-}"); s1=$(ticks $SIM_PID); b1=$(busy); w1=$(date +%s.%N)
   # The worker posts each result through its outbox after the call; wait (bounded) for them.
   want=$((r0 + n))
   for _ in $(seq $((RESULTS_WAIT_SECS * 10))); do [ "$(wc -l <"$RESULTS")" -ge "$want" ] && break; sleep 0.1; done
-  curl -sf http://127.0.0.1:$SIM_PORT/sim/timings >"$OUT/timings-$n.json" || echo '{}' >"$OUT/timings-$n.json"
+  curl -sf $SIM_HTTP/sim/timings >"$OUT/timings-$n.json" || echo '{}' >"$OUT/timings-$n.json"
   python3 - "$OUT/dial-$n.json" "$t0" "$t1" "$s0" "$s1" "$HZ" "$BASE_RSS" "$OUT/rss-$n.txt" "$n" "$RESULTS" "$r0" \
-    "$OUT/settings.json" "$NOTES" "$((b1 - b0))" "$w0" "$w1" "$OUT/timings-$n.json" <<'PY'
+    "$OUT/settings.json" "$NOTES" "$((b1 - b0))" "$w0" "$w1" "$OUT/timings-$n.json" "${CORE_PID:+local}" <<'PY'
 import json, math, sys
-(summary, t0, t1, s0, s1, hz, base, rssf, n, resf, r0, setf, notesf, busy, w0, w1, timf) = sys.argv[1:]
+(summary, t0, t1, s0, s1, hz, base, rssf, n, resf, r0, setf, notesf, busy, w0, w1, timf, local) = sys.argv[1:]
 timings = json.load(open(timf))
 busy, wall = int(busy), float(w1) - float(w0)
 t0, t1, s0, s1, hz, base, n, r0 = map(int, (t0, t1, s0, s1, hz, base, n, r0))
@@ -225,7 +240,11 @@ op = s.get("opening_minus_tts_ttfb_ms") or {}
 opening = f"{op['p50']:.0f} / {op['p99']:.0f}" if op.get("count") else "n/a"
 cm = max(call_minutes, 1e-9)
 sim_col = f"{sim_cpu / cm:.3f}" if "dialler_cpu_secs" in s else f"{sim_cpu / cm:.3f} (doubles only)"
-print(f"| {n} | {s['completed']} | {s['failed']} | {cpu / cm:.4f} | {sim_col} | {peak/1024:.1f} | {per_call:.2f} "
+if local:
+    cpu_col, rss_col, per_call_col = f"{cpu / cm:.4f}", f"{peak/1024:.1f}", f"{per_call:.2f}"
+else:
+    cpu_col = rss_col = per_call_col = "n/a (remote worker)"
+print(f"| {n} | {s['completed']} | {s['failed']} | {cpu_col} | {sim_col} | {rss_col} | {per_call_col} "
       f"| {adj['p50']:.0f} / {adj['p95']:.0f} / {adj['p99']:.0f} | {three(worker)} | {opening} | {s.get('max_send_lag_ms', 0):.0f} |")
 def burst_note():
     # Are the slowest replies spread over the run, or bunched in its busiest seconds?
@@ -251,7 +270,7 @@ with open(notesf, "a") as notes:
           + f"; {burst_note()}"
           + f"; dialler frame clock lag (frame sent after it was due) p50/p99 {dist2(s.get('send_lag_ms'))} ms"
           + f"; caller audio drift (dialler behind real time at call end) p50 {s.get('audio_drift_ms', {}).get('p50', 0):.0f} ms"
-          + f"; dialler CPU {s.get('dialler_cpu_secs', 'n/a')} s, doubles CPU {(s1 - s0) / hz:.2f} s, worker CPU {cpu:.2f} s, "
+          + f"; dialler CPU {s.get('dialler_cpu_secs', 'n/a')} s, doubles CPU {(s1 - s0) / hz:.2f} s, worker CPU {f'{cpu:.2f} s' if local else 'n/a (remote)'}, "
           f"{call_minutes:.1f} call-minutes; other processes on the machine used {other_cores:.2f} cores meanwhile", file=notes)
 if s["failed"]:
     print("  failures:", s["failure_reasons"], file=sys.stderr)
@@ -262,7 +281,7 @@ PY
 done
 echo
 cat "$NOTES"
-curl -s http://127.0.0.1:$CORE_PORT/metrics >"$OUT/metrics.txt" || true
+curl -s "$CORE_HTTP/metrics" >"$OUT/metrics.txt" || true
 python3 - "$OUT/metrics.txt" <<'PY'
 import sys, re
 b = {}

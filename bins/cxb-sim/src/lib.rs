@@ -62,6 +62,9 @@ pub struct ServeOptions {
     pub tts_ttfb_ms: u64,
     pub script: Script,
     pub results_file: Option<PathBuf>,
+    /// Host to put in the URLs the fake API serves (provider base URLs, the webhook), for a
+    /// worker on another machine; default: the listen address (127.0.0.1 when unspecified).
+    pub public_host: Option<String>,
     /// Deepgram closes with NET-0001 after this long without audio or KeepAlive (10 s).
     pub stt_idle_timeout: Duration,
     /// How long `slow-config` sleeps (30 s).
@@ -82,6 +85,7 @@ impl Default for ServeOptions {
             tts_ttfb_ms: 100,
             script: Script::embedded(),
             results_file: None,
+            public_host: None,
             stt_idle_timeout: Duration::from_secs(10),
             slow_config_delay: Duration::from_secs(30),
             llm_stall_max: Duration::from_secs(120),
@@ -135,6 +139,7 @@ impl DoubleTimings {
 pub struct SimState {
     /// Address the server is reachable at (used in the URLs it serves).
     pub addr: SocketAddr,
+    pub public_host: Option<String>,
     pub secret: Option<String>,
     pub script: Script,
     pub lat: Latencies,
@@ -174,6 +179,7 @@ impl SimState {
         lat.tts_ttfb_ms.store(opts.tts_ttfb_ms, Ordering::Relaxed);
         Self {
             addr,
+            public_host: opts.public_host.clone(),
             secret: opts.secret.clone().filter(|s| !s.is_empty()),
             script: opts.script.clone(),
             lat,
@@ -224,7 +230,9 @@ impl SimState {
 
     /// `host:port` to put in the URLs the fake API serves.
     pub fn public_addr(&self) -> String {
-        if self.addr.ip().is_unspecified() {
+        if let Some(host) = &self.public_host {
+            format!("{host}:{}", self.addr.port())
+        } else if self.addr.ip().is_unspecified() {
             format!("127.0.0.1:{}", self.addr.port())
         } else {
             self.addr.to_string()

@@ -56,6 +56,10 @@ struct ServeArgs {
     /// Append every accepted results payload as one JSON line.
     #[arg(long)]
     results_file: Option<PathBuf>,
+    /// Host (name or IP) a worker on another machine reaches this server by: used in the URLs
+    /// the fake API serves. Default: the --listen address (127.0.0.1 when it is 0.0.0.0).
+    #[arg(long)]
+    public_host: Option<String>,
     /// Deepgram NET-0001 idle timeout (ms).
     #[arg(long, default_value_t = 10_000, hide = true)]
     stt_idle_timeout_ms: u64,
@@ -125,6 +129,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         tts_ttfb_ms: a.tts_ttfb_ms,
         script,
         results_file: a.results_file,
+        public_host: a.public_host,
         stt_idle_timeout: Duration::from_millis(a.stt_idle_timeout_ms),
         slow_config_delay: Duration::from_millis(a.slow_config_ms),
         ..ServeOptions::default()

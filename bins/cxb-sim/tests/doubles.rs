@@ -489,6 +489,24 @@ async fn elevenlabs_stream_input() {
 
 // ---------------------------------------------------------------- fake CXB API
 
+/// `--public-host`: a worker on another machine is pointed at the host it can reach, not at
+/// the address the sim listens on.
+#[tokio::test]
+async fn public_host_goes_into_the_served_urls() {
+    let s = server(|o| {
+        o.listen = "0.0.0.0:0".parse().unwrap();
+        o.public_host = Some("sim.test".into());
+    })
+    .await;
+    let port = s.state.addr.port();
+    let url = format!("http://127.0.0.1:{port}/api/v1/config/demo?caller_id=1&stream_id=s&connected_event=%7B%7D");
+    let cfg: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    assert_eq!(cfg["webhook_url"], format!("http://sim.test:{port}/api/v1/call-results"));
+    assert_eq!(cfg["llm"]["base_url"], format!("http://sim.test:{port}/v1"));
+    assert_eq!(cfg["stt"]["base_url"], format!("ws://sim.test:{port}"));
+    s.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fake_api_config_and_results() {
     let dir = tempfile::tempdir().unwrap();
