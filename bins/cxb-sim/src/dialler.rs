@@ -279,8 +279,7 @@ pub struct CallReport {
     pub media_stops_total: u64,
     pub bot_hangups: u64,
     pub transfers: u64,
-    pub max_send_lag_ms: f64,
-    /// How late each caller frame went out against the frame clock.
+    /// How late each caller frame went out against the frame clock (its max is the worst).
     pub send_lag: MsHistogram,
     pub audio_drift_ms: f64,
     /// Playback marks (mark / checkpoint / notify) the bot placed, and the echoes we sent back.
@@ -943,11 +942,7 @@ async fn drive(index: usize, call: &mut Call<'_>) -> Result<(), String> {
             scheduled = ticker.tick() => {
                 let now = Instant::now();
                 let late = now.saturating_duration_since(scheduled);
-                let lag = late.as_secs_f64() * 1000.0;
-                if lag > call.rep.max_send_lag_ms {
-                    call.rep.max_send_lag_ms = lag;
-                }
-                call.rep.send_lag.record(lag);
+                call.rep.send_lag.record(late.as_secs_f64() * 1000.0);
                 if late > MAX_CATCH_UP {
                     // Too far behind to catch up without a long burst: restart the clock.
                     ticker.reset();
@@ -1177,7 +1172,6 @@ pub fn summarize(
     let (mut opening, mut opening_minus) = (vec![], vec![]);
     let tts_ttfb = settings.map_or(0.0, |s| s.tts_ttfb_ms as f64);
     let mut totals = [0u64; 8];
-    let mut max_lag = 0.0f64;
     let mut send_lag = MsHistogram::default();
     let (mut marks_sent, mut marks_echoed, mut rest_hangups, mut close_hangups) = (0u64, 0u64, 0u64, 0u64);
     let (mut call_secs, mut max_ahead) = (0.0f64, 0.0f64);
@@ -1204,7 +1198,6 @@ pub fn summarize(
             opening_minus.push(o - tts_ttfb);
         }
         drift.push(r.audio_drift_ms);
-        max_lag = max_lag.max(r.max_send_lag_ms);
         send_lag.merge(&r.send_lag);
         marks_sent += r.marks_sent;
         marks_echoed += r.marks_echoed;
@@ -1242,6 +1235,7 @@ pub fn summarize(
         }),
         None => json!({"source": "none (pass --sim-url to subtract injected latencies)"}),
     };
+    let send_lag_dist = send_lag.dist();
     json!({
         "calls": reports.len(),
         "completed": reports.len() - failed,
@@ -1270,8 +1264,8 @@ pub fn summarize(
         "bot_hangups_close": close_hangups,
         "max_bot_audio_ahead_ms": (max_ahead * 10.0).round() / 10.0,
         "call_seconds_total": (call_secs * 100.0).round() / 100.0,
-        "max_send_lag_ms": (max_lag * 10.0).round() / 10.0,
-        "send_lag_ms": send_lag.dist(),
+        "max_send_lag_ms": send_lag_dist.max,
+        "send_lag_ms": send_lag_dist,
         "audio_drift_ms": Dist::from(&drift),
         "wall_secs": (wall_secs * 100.0).round() / 100.0,
         "url": opts.url,

@@ -235,8 +235,7 @@ async fn run(mut socket: WebSocket, state: Arc<SimState>) {
                     let cancelled = Arc::new(AtomicBool::new(false));
                     let _ = tx.send(r);
                     state.counters.cartesia_contexts.fetch_add(1, Ordering::Relaxed);
-                    let ttfb = Latencies::dur(&state.lat.tts_ttfb_ms);
-                    tokio::spawn(run_context(cid.clone(), fmt, rx, cancelled.clone(), out_tx.clone(), ttfb, state.clone()));
+                    tokio::spawn(run_context(cid.clone(), fmt, rx, cancelled.clone(), out_tx.clone(), state.clone()));
                     contexts.insert(cid.clone(), CtxHandle { tx, cancelled });
                 }
                 if ends {
@@ -289,9 +288,9 @@ async fn run_context(
     mut rx: mpsc::UnboundedReceiver<GenReq>,
     cancelled: Arc<AtomicBool>,
     out: mpsc::Sender<Outgoing>,
-    ttfb: Duration,
     state: Arc<SimState>,
 ) {
+    let ttfb = Latencies::dur(&state.lat.tts_ttfb_ms);
     let timings = &state.timings;
     let mut first = true;
     let mut synth = SpeechSynth::new(fmt.sample_rate);
