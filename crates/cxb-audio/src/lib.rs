@@ -2,6 +2,7 @@
 //! hysteresis, the streaming stereo call recorder ([`recorder`], which writes its WAV file
 //! synchronously), and (later) resampling. No async.
 
+pub mod pacing;
 pub mod recorder;
 pub mod vad;
 

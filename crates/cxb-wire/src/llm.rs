@@ -44,3 +44,67 @@ pub struct ChatRequest {
     /// Extra provider parameters merged into the body (top_p, presence_penalty, ...).
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
+
+/// A function the model may call, in no vendor's format. Each LLM client renders it to its own
+/// wire shape (OpenAI `{"type":"function","function":{..}}`, Gemini `functionDeclarations`,
+/// Anthropic `tools[].input_schema`), cleaning the schema to what that vendor accepts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolSpec {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// JSON Schema of the arguments object (`{"type":"object","properties":{..}}`).
+    #[serde(default = "empty_object_schema")]
+    pub parameters: serde_json::Value,
+}
+
+fn empty_object_schema() -> serde_json::Value {
+    serde_json::json!({"type": "object", "properties": {}})
+}
+
+impl ToolSpec {
+    /// Read a tool as bot configs and the OpenAI API write it: `{"type":"function","function":
+    /// {"name","description","parameters"}}`, or the bare function object. Fields only the worker
+    /// uses (an HTTP binding) are not part of the spec. `None` when there is no usable name.
+    pub fn from_openai_json(v: &serde_json::Value) -> Option<ToolSpec> {
+        let f = v.get("function").unwrap_or(v);
+        let name = f.get("name")?.as_str()?.trim();
+        if name.is_empty() {
+            return None;
+        }
+        let description = f.get("description").and_then(|d| d.as_str()).unwrap_or_default().to_string();
+        let parameters = match f.get("parameters") {
+            Some(p) if p.is_object() => p.clone(),
+            _ => empty_object_schema(),
+        };
+        Some(ToolSpec { name: name.to_string(), description, parameters })
+    }
+
+    /// The OpenAI Chat Completions shape.
+    pub fn to_openai_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": self.parameters}
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn tool_spec_reads_wrapped_and_bare_functions_and_round_trips() {
+        let wrapped = json!({"type":"function","function":{"name":"lookup","description":"d",
+            "parameters":{"type":"object","properties":{"q":{"type":"string"}}}},"http":{"url":"x"}});
+        let spec = ToolSpec::from_openai_json(&wrapped).unwrap();
+        assert_eq!(spec.name, "lookup");
+        assert_eq!(spec.parameters["properties"]["q"]["type"], "string");
+        assert_eq!(ToolSpec::from_openai_json(&spec.to_openai_json()).unwrap(), spec);
+        let bare = json!({"name":"end_call"});
+        assert_eq!(ToolSpec::from_openai_json(&bare).unwrap().parameters, json!({"type":"object","properties":{}}));
+        assert!(ToolSpec::from_openai_json(&json!({"name":"  "})).is_none());
+        assert!(ToolSpec::from_openai_json(&json!({"function":{}})).is_none());
+    }
+}
