@@ -994,6 +994,7 @@ impl<L: CallLink> Driver<'_, L> {
                         temperature: self.cfg.llm.temperature,
                         max_tokens: self.cfg.llm.max_tokens,
                         extra: self.cfg.llm.extra.clone(),
+                        ..Default::default()
                     };
                     self.llm = Some((turn, self.app.llm.stream(&self.llm_params, req)));
                 }

@@ -99,6 +99,7 @@ impl Sim {
                                 id: format!("call_{turn}_{i}"),
                                 name: n.to_string(),
                                 arguments: a.to_string(),
+                                thought_signature: None,
                             })
                             .collect();
                         self.at(t, Input::LlmToolCalls { turn: *turn, calls });
@@ -576,7 +577,12 @@ mod property {
             (turn.clone(), text.clone()).prop_map(|(turn, t)| Input::LlmToken { turn, text: format!("{t}. ") }),
             turn.clone().prop_map(|turn| Input::LlmToolCalls {
                 turn,
-                calls: vec![ToolCall { id: "c".into(), name: "end_call".into(), arguments: "{".into() }]
+                calls: vec![ToolCall {
+                    id: "c".into(),
+                    name: "end_call".into(),
+                    arguments: "{".into(),
+                    thought_signature: None
+                }]
             }),
             turn.clone().prop_map(|turn| Input::LlmDone { turn, usage: None }),
             (turn.clone(), 0usize..4000).prop_map(|(utterance, n)| Input::TtsAudio { utterance, pcm: vec![7; n] }),
@@ -589,7 +595,12 @@ mod property {
             prop::sample::select(vec!["transfer_call", "detected_voicemail", "send_dtmf", "lookup"]).prop_flat_map(
                 move |name| (0u64..8).prop_map(move |turn| Input::LlmToolCalls {
                     turn,
-                    calls: vec![ToolCall { id: "c".into(), name: name.into(), arguments: r#"{"digits":"1"}"#.into() }]
+                    calls: vec![ToolCall {
+                        id: "c".into(),
+                        name: name.into(),
+                        arguments: r#"{"digits":"1"}"#.into(),
+                        thought_signature: None
+                    }]
                 })
             ),
         ]

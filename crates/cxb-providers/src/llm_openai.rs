@@ -399,6 +399,7 @@ impl Accumulator {
             id: String::new(),
             name: String::new(),
             arguments: String::new(),
+            thought_signature: None,
         });
         if let Some(id) = fragment.id.filter(|id| !id.is_empty()) {
             if call.id.is_empty() {
@@ -482,7 +483,12 @@ mod tests {
             messages: vec![
                 ChatMessage::Assistant {
                     content: None,
-                    tool_calls: vec![ToolCall { id: "c1".into(), name: "end_call".into(), arguments: "{}".into() }],
+                    tool_calls: vec![ToolCall {
+                        id: "c1".into(),
+                        name: "end_call".into(),
+                        arguments: "{}".into(),
+                        thought_signature: None,
+                    }],
                 },
                 ChatMessage::Tool { tool_call_id: "c1".into(), content: "ok".into() },
             ],

@@ -173,7 +173,12 @@ async fn openai_request_shape_tokens_and_usage() {
             ChatMessage::User("hi".into()),
             ChatMessage::Assistant {
                 content: None,
-                tool_calls: vec![ToolCall { id: "call_1".into(), name: "end_call".into(), arguments: "{}".into() }],
+                tool_calls: vec![ToolCall {
+                    id: "call_1".into(),
+                    name: "end_call".into(),
+                    arguments: "{}".into(),
+                    thought_signature: None,
+                }],
             },
             ChatMessage::Tool { tool_call_id: "call_1".into(), content: "ok".into() },
             ChatMessage::Assistant { content: Some("sure".into()), tool_calls: vec![] },
@@ -182,6 +187,7 @@ async fn openai_request_shape_tokens_and_usage() {
         temperature: Some(0.3),
         max_tokens: Some(300),
         extra: json!({"top_p": 0.9, "parallel_tool_calls": true}).as_object().cloned().unwrap(),
+        ..Default::default()
     };
     let events = collect(LlmClient::new().stream(&params(&d.base_url), req)).await;
     assert_eq!(events, text_events());
@@ -246,9 +252,15 @@ async fn openai_parallel_tool_calls_from_fragments() {
                 ToolCall {
                     id: "call_a".into(),
                     name: "transfer_call".into(),
-                    arguments: "{\"target\":\"sales\"}".into()
+                    arguments: "{\"target\":\"sales\"}".into(),
+                    thought_signature: None,
                 },
-                ToolCall { id: "call_b".into(), name: "end_call".into(), arguments: "{}".into() },
+                ToolCall {
+                    id: "call_b".into(),
+                    name: "end_call".into(),
+                    arguments: "{}".into(),
+                    thought_signature: None
+                },
             ]),
             LlmEvent::Done { finish_reason: Some("tool_calls".into()), usage: Some(USAGE) },
         ]

@@ -9,6 +9,10 @@ pub struct ToolCall {
     pub name: String,
     /// Raw JSON arguments as the model produced them (may be invalid JSON: the caller checks).
     pub arguments: String,
+    /// Gemini's opaque `thoughtSignature` for this call, replayed with it on the next request
+    /// (the API requires it for function calls of thinking models). `None` for other vendors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thought_signature: Option<String>,
 }
 
 /// One message of the conversation context.
@@ -43,6 +47,19 @@ pub struct ChatRequest {
     pub max_tokens: Option<u32>,
     /// Extra provider parameters merged into the body (top_p, presence_penalty, ...).
     pub extra: serde_json::Map<String, serde_json::Value>,
+    /// Plain text, or JSON output (post-call analysis): each client renders it in its vendor's
+    /// way (OpenAI `response_format`, Gemini `responseMimeType`/`responseSchema`, Anthropic by
+    /// instruction).
+    pub response: ResponseFormat,
+}
+
+/// What shape of answer a request asks for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum ResponseFormat {
+    #[default]
+    Text,
+    /// A JSON object; with a JSON Schema when the prompt gives one.
+    Json { schema: Option<serde_json::Value> },
 }
 
 /// A function the model may call, in no vendor's format. Each LLM client renders it to its own

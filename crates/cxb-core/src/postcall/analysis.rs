@@ -144,6 +144,7 @@ pub fn request(
         temperature,
         max_tokens: Some(max_tokens),
         extra,
+        ..Default::default()
     }
 }
 
