@@ -318,6 +318,25 @@ impl RawCall {
         self.send(json!({"event":"answer"})).await;
     }
 
+    /// Play a caller WAV (8 kHz mono 16-bit, under `assets/`) as 20 ms media frames in real time;
+    /// false when the socket closed first.
+    pub async fn say(&mut self, wav: &str) -> bool {
+        use base64::Engine;
+        let reader = hound::WavReader::open(repo_root().join(wav)).expect("caller wav");
+        let samples: Vec<i16> = reader.into_samples::<i16>().map(|s| s.expect("wav sample")).collect();
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for chunk in samples.chunks(160) {
+            tick.tick().await;
+            let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
+            let payload = base64::engine::general_purpose::STANDARD.encode(bytes);
+            let frame = json!({"event":"media","payload":payload}).to_string();
+            if self.ws.send(Message::Text(frame.into())).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Send `ms` of silence as 20 ms media frames, in real time.
     pub async fn silence(&mut self, ms: u64) {
         let frame = json!({"event":"media","payload": base64_zeros(320)}).to_string();
@@ -425,6 +444,13 @@ pub fn assert_valid_result(v: &Value) {
     let errors: Vec<String> = validator.iter_errors(v).map(|e| format!("{} at {}", e, e.instance_path())).collect();
     assert!(errors.is_empty(), "result does not match proto/results.schema.json: {errors:#?}\n{v:#}");
     assert_no_nulls(v, "$");
+    // Every recording is reachable: object storage's URL, or this worker's own route.
+    if v.get("recording_key").is_some() {
+        assert!(
+            v["recording_url"].as_str().is_some_and(|u| u.ends_with(".wav")),
+            "recording_key without recording_url: {v:#}"
+        );
+    }
 }
 
 /// Poll `check` every 50 ms until it holds (true) or `timeout` passes (false).

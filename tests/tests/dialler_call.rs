@@ -99,7 +99,8 @@ async fn elevenlabs_voice_call_and_its_recording_is_served_as_stereo_wav() {
     let key = r["recording_key"].as_str().expect("recording_key");
     assert!(key.starts_with("recordings/") && key.ends_with(".wav"), "{key}");
     let http = reqwest::Client::new();
-    let url = format!("http://{}/recordings/{key}", worker.addr);
+    let url = r["recording_url"].as_str().expect("recording_url without object storage").to_string();
+    assert_eq!(url, format!("http://{}/recordings/{key}", worker.addr));
     assert_eq!(http.get(&url).send().await.unwrap().status(), 403);
     let resp = http.get(&url).header("X-CXB-Core-Secret", SECRET).send().await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -118,4 +119,46 @@ async fn elevenlabs_voice_call_and_its_recording_is_served_as_stereo_wav() {
     let range = http.get(&url).header("X-CXB-Core-Secret", SECRET).header("Range", "bytes=0-43").send().await.unwrap();
     assert_eq!(range.status(), 206);
     assert_eq!(range.bytes().await.unwrap().len(), 44);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_variables_are_rendered_on_the_embedded_default() {
+    let sim = Sim::start(&[]).await;
+    // The demo bot file, pointed at this test's doubles, with variables CXB API would have rendered.
+    let mut bot: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo_root().join("assets/bots/demo.json")).unwrap()).unwrap();
+    let text = bot.to_string().replace("127.0.0.1:9100", &sim.addr);
+    bot = serde_json::from_str(&text).unwrap();
+    bot["system_prompt"] = "Caller {{call.callerId}} is {{ crm.customer_name }}. [{{crm.unknown_field}}]".into();
+    bot["opening_message"] = "Hello {{crm.customer_name}}!".into();
+    bot["webhook_url"] = format!("http://{}/api/v1/call-results", sim.addr).into();
+    let bots = tempfile::tempdir().unwrap();
+    std::fs::write(bots.path().join("vars.json"), bot.to_string()).unwrap();
+    let worker = Worker::start(None, &[("CXBCORE_BOTS_DIR", bots.path().to_str().unwrap())]).await;
+    let mut call = RawCall::connect(&worker.ws_url("vars")).await.unwrap();
+    call.send(serde_json::json!({"event":"connected","callerId":"+919800000001","did":"+911140000000",
+        "callDirection":"incoming","streamId":"st-vars","crm":{"customer_name":"Rahul Sharma"}}))
+        .await;
+    call.send(serde_json::json!({"event":"start","streamId":"st-vars","mediaFormat":{"encoding":"LINEAR","sampleRate":8000,"channels":1}})).await;
+    call.send(serde_json::json!({"event":"answer"})).await;
+    call.silence(3000).await;
+    assert!(call.say("assets/audio/caller-1.wav").await);
+    call.silence(1500).await;
+    let asked = poll_until(Duration::from_secs(10), || async {
+        sim.get("/sim/llm-requests").await.as_array().is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    assert!(asked, "the LLM was asked: {}", worker.log_text());
+    call.send(serde_json::json!({"event":"hangup-call","disconnectedBy":"customer"})).await;
+    let requests = sim.get("/sim/llm-requests").await;
+    let system = &requests[0]["messages"][0];
+    assert_eq!(system["role"], "system");
+    assert_eq!(system["content"], "Caller +919800000001 is Rahul Sharma. []");
+    let results = sim.wait_results(1, Duration::from_secs(10)).await;
+    let r = &results[0];
+    assert_eq!(by_speaker(r, "bot")[0]["text"], "Hello Rahul Sharma!");
+    let unrendered: Vec<&serde_json::Value> =
+        r["events"].as_array().unwrap().iter().filter(|e| e["type"] == "unrendered_variable").collect();
+    assert_eq!(unrendered.len(), 1, "{unrendered:?}");
+    assert_eq!(unrendered[0]["data"]["variable"], "crm.unknown_field");
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use cxb_e2e::*;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 async fn call_with(bot: &str, talk: bool) -> (Value, Closed, Worker, Sim) {
     let sim = Sim::start(&[]).await;
@@ -16,24 +16,8 @@ async fn call_with(bot: &str, talk: bool) -> (Value, Closed, Worker, Sim) {
     call.handshake("st-p").await;
     if talk {
         // Play the first caller turn so the LLM is asked.
-        let wav = hound::WavReader::open(repo_root().join("assets/audio/caller-1.wav")).unwrap();
-        let samples: Vec<i16> = wav.into_samples::<i16>().map(|s| s.unwrap()).collect();
         call.silence(2500).await;
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        for chunk in samples.chunks(160) {
-            tick.tick().await;
-            let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
-            use base64::Engine;
-            let payload = base64::engine::general_purpose::STANDARD.encode(bytes);
-            if !call
-                .send_raw(tokio_tungstenite::tungstenite::Message::Text(
-                    json!({"event":"media","payload":payload}).to_string().into(),
-                ))
-                .await
-            {
-                break;
-            }
-        }
+        call.say("assets/audio/caller-1.wav").await;
         call.silence(1000).await;
     }
     let closed = call.until_closed(Duration::from_secs(30)).await;

@@ -66,9 +66,18 @@ pub fn choose_reply(script: &crate::Script, messages: &[Value]) -> Reply {
     let Some(last) = messages.last() else { return script.default_reply.clone() };
     match last.get("role").and_then(Value::as_str) {
         Some("user") => script.reply_for_user(&content_text(last)).clone(),
-        Some("tool") => Reply { text: script.after_tool_reply.clone(), tool_calls: Vec::new() },
+        Some("tool") => script.reply_after_tool(tool_name(messages, last)),
         _ => script.default_reply.clone(),
     }
+}
+
+/// The name of the tool whose result `tool_msg` is, from the assistant message that called it.
+fn tool_name<'a>(messages: &'a [Value], tool_msg: &Value) -> Option<&'a str> {
+    let id = tool_msg.get("tool_call_id").and_then(Value::as_str)?;
+    messages.iter().rev().filter_map(|m| m.get("tool_calls").and_then(Value::as_array)).flatten().find_map(|c| {
+        (c.get("id").and_then(Value::as_str) == Some(id))
+            .then(|| c.pointer("/function/name").and_then(Value::as_str))?
+    })
 }
 
 /// Everything that identifies one streamed completion.
@@ -387,5 +396,22 @@ mod tests {
             "Done."
         );
         assert_eq!(choose_reply(&s, &[json!({"role": "system", "content": "s"})]).text, s.default_reply.text);
+    }
+
+    #[test]
+    fn a_tool_result_is_answered_by_that_tools_reply() {
+        let mut s = crate::Script::embedded();
+        s.after_tool_replies
+            .insert("end_call".into(), crate::script::Reply { text: "Goodbye!".into(), tool_calls: vec![] });
+        let call = |id: &str, name: &str| {
+            json!({"role": "assistant", "content": null, "tool_calls": [
+                {"id": id, "type": "function", "function": {"name": name, "arguments": "{}"}}]})
+        };
+        let result = |id: &str| json!({"role": "tool", "tool_call_id": id, "content": "ok"});
+        let ended = [call("c1", "lookup"), result("c1"), call("c2", "end_call"), result("c2")];
+        assert_eq!(choose_reply(&s, &ended).text, "Goodbye!");
+        assert_eq!(choose_reply(&s, &ended[..2]).text, "Done.");
+        // A result with no matching call falls back to the generic reply.
+        assert_eq!(choose_reply(&s, &[result("zz")]).text, "Done.");
     }
 }

@@ -22,6 +22,10 @@ pub struct Script {
     /// Text reply when the last message is a tool result.
     #[serde(default = "default_after_tool")]
     pub after_tool_reply: String,
+    /// Replies to the result of a particular tool, by tool name (e.g. the goodbye a model says
+    /// after its `end_call` was acknowledged); other tools get `after_tool_reply`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub after_tool_replies: BTreeMap<String, Reply>,
     /// Per-bot config fields merged over the served config (top-level keys replace), so one
     /// script can serve bots with transfer targets, custom tools, silence timers, ...
     #[serde(default)]
@@ -152,6 +156,14 @@ impl Script {
         match self.outbound_trunks.get(from_number).or_else(|| self.outbound_trunks.get("*")) {
             Some(entry) => entry.clone(),
             None => Some(OutboundTrunk::default()),
+        }
+    }
+
+    /// The reply to a tool result, given the name of the tool that produced it.
+    pub fn reply_after_tool(&self, tool: Option<&str>) -> Reply {
+        match tool.and_then(|t| self.after_tool_replies.get(t)) {
+            Some(r) => r.clone(),
+            None => Reply { text: self.after_tool_reply.clone(), tool_calls: Vec::new() },
         }
     }
 

@@ -315,7 +315,7 @@ pub(crate) async fn run_conversation<L: CallLink>(
     app: &AppState,
     link: L,
     bot_id: &str,
-    cfg: BotConfig,
+    mut cfg: BotConfig,
     options: CallOptions,
 ) {
     let started_at = chrono::Utc::now();
@@ -323,6 +323,15 @@ pub(crate) async fn run_conversation<L: CallLink>(
     let rate = link.meta().sample_rate;
     info!(caller_id = %link.meta().caller_id, stream_id = %link.meta().stream_id, rate, "call started");
     let transfer_transport = link.transfer_family();
+    let tool_vars = tool_variables(&cfg, link.meta());
+    let prompt_vars = crate::prompt_vars::PromptVariables::new(
+        tool_vars.iter().map(|(k, v)| (k.clone(), v.clone())),
+        &link.meta().connected_event,
+    );
+    let unrendered = crate::prompt_vars::render_config(&mut cfg, &prompt_vars);
+    if !unrendered.is_empty() {
+        warn!(variables = ?unrendered, "prompt variables without a value were rendered empty");
+    }
     let (tools, tool_errors) = cxb_tools::ToolRegistry::from_config(&cfg.tools);
     for e in &tool_errors {
         warn!(error = %e, "custom tool binding is invalid; the tool will answer with an error");
@@ -334,7 +343,6 @@ pub(crate) async fn run_conversation<L: CallLink>(
         let timing = cxb_engine::ToolTiming { timeout: t.timeout() + Duration::from_millis(500), pre_message: pre };
         engine_cfg.tool_timings.insert(t.name().to_string(), timing);
     }
-    let tool_vars = tool_variables(&cfg, link.meta());
     let smart_turn = cfg.turn.mode.as_deref() == Some("smart_turn") && {
         let ok = crate::smart_turn::available();
         if !ok {
@@ -377,6 +385,10 @@ pub(crate) async fn run_conversation<L: CallLink>(
         conversation_started: None,
         agent_desk: options.agent_desk,
     };
+    for name in unrendered {
+        let event = d.event("unrendered_variable", json!({"variable": name}));
+        d.extra_events.push(event);
+    }
     d.rec = match crate::recordings::CallRecording::start(&app.settings, &d.cfg.session_id, rate, started_at) {
         Ok(r) => r,
         Err(e) => {

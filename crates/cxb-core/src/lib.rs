@@ -11,6 +11,7 @@ pub mod link;
 pub mod livekit;
 pub mod metrics_setup;
 pub mod postcall;
+pub mod prompt_vars;
 pub mod providers;
 pub mod recordings;
 pub mod results;
@@ -48,10 +49,11 @@ pub async fn serve(
 /// in-process tests put a fake LiveKit room connector in place of the FFI engine.
 pub async fn serve_with(
     listener: TcpListener,
-    settings: Settings,
+    mut settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     customize: impl FnOnce(&mut app::AppState),
 ) -> anyhow_free::Result<()> {
+    settings.derive_public_url(listener.local_addr()?);
     let handle = metrics_setup::install();
     let drain = Duration::from_secs(settings.drain_secs);
     let mode = match &settings.config_url {

@@ -224,7 +224,14 @@ impl CallRecording {
         std::fs::create_dir_all(&dir).map_err(|source| RecordingError::Io { path: dir, source })?;
         let part = partial_path(&path);
         let rec = FileRecorder::create(&part, sample_rate, RecorderConfig::default())?;
-        Ok(Some(CallRecording { url: st.recording_url(&key), upload: st.uploads_enabled(), rec, key, path, part }))
+        Ok(Some(CallRecording {
+            url: settings.recording_url(&key),
+            upload: st.uploads_enabled(),
+            rec,
+            key,
+            path,
+            part,
+        }))
     }
 
     /// The object key (known from the start).

@@ -96,6 +96,12 @@ pub struct Settings {
     #[arg(long, env = "ELEVENLABS_API_KEY", hide_env_values = true)]
     pub elevenlabs_api_key: Option<String>,
 
+    /// Base URL CXB API reaches this worker at (e.g. `https://fleet1.example.com`), for
+    /// `recording_url` when no bucket or public URL gives one: `{base}/recordings/{key}`.
+    /// Unset: `http://{listen address}`, with `0.0.0.0`/`::` replaced by the host name.
+    #[arg(long, env = "CXBCORE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
     /// Seconds to let live calls finish after SIGTERM before exiting.
     #[arg(long, env = "CXBCORE_DRAIN_SECS", default_value_t = 30)]
     pub drain_secs: u64,
@@ -177,6 +183,30 @@ pub enum OutboxOp {
 }
 
 impl Settings {
+    /// Fill `public_url` from the bound address when it was not configured.
+    pub fn derive_public_url(&mut self, bound: SocketAddr) {
+        if self.public_url.as_deref().is_some_and(|u| !u.trim().is_empty()) {
+            return;
+        }
+        let host = if bound.ip().is_unspecified() {
+            host_name().unwrap_or_else(|| "127.0.0.1".into())
+        } else if bound.is_ipv6() {
+            format!("[{}]", bound.ip())
+        } else {
+            bound.ip().to_string()
+        };
+        self.public_url = Some(format!("http://{host}:{}", bound.port()));
+    }
+
+    /// `recording_url` for a recording key: object storage's URL when uploads give one, else
+    /// this worker's own `/recordings/{key}` route (secret-protected).
+    pub fn recording_url(&self, key: &str) -> Option<String> {
+        self.storage.recording_url(key).or_else(|| {
+            let base = self.public_url.as_deref()?.trim().trim_end_matches('/');
+            (!base.is_empty()).then(|| format!("{base}/recordings/{key}"))
+        })
+    }
+
     /// `CONFIG_URL` is the documented alias of `CXB_API_CONFIG_URL`.
     pub fn resolve_aliases(mut self) -> Self {
         if self.config_url.is_none() {
@@ -234,5 +264,51 @@ impl Settings {
         s.listen_addr = "127.0.0.1:0".parse().expect("static addr");
         s.data_dir = data_dir;
         s
+    }
+}
+
+/// This machine's host name (what other hosts of the fleet usually resolve it by).
+fn host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).trim().to_string();
+    (!name.is_empty()).then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recording_urls_fall_back_to_this_workers_route() {
+        let mut s = Settings::for_tests(PathBuf::from("/tmp/x"));
+        s.storage.s3_bucket = None;
+        s.storage.s3_public_base_url = None;
+        s.derive_public_url("10.0.0.5:8080".parse().unwrap());
+        assert_eq!(s.public_url.as_deref(), Some("http://10.0.0.5:8080"));
+        assert_eq!(
+            s.recording_url("recordings/2026/12/07/s.wav").as_deref(),
+            Some("http://10.0.0.5:8080/recordings/recordings/2026/12/07/s.wav")
+        );
+        // A configured URL is kept; a public storage URL wins over the worker's route.
+        s.public_url = Some("https://fleet1.example.com/".into());
+        s.derive_public_url("0.0.0.0:9".parse().unwrap());
+        assert_eq!(s.recording_url("k.wav").as_deref(), Some("https://fleet1.example.com/recordings/k.wav"));
+        s.storage.s3_public_base_url = Some("https://cdn.example.com".into());
+        assert_eq!(s.recording_url("k.wav").as_deref(), Some("https://cdn.example.com/k.wav"));
+    }
+
+    #[test]
+    fn an_unspecified_listen_address_is_replaced_by_the_host_name() {
+        let mut s = Settings::for_tests(PathBuf::from("/tmp/x"));
+        s.derive_public_url("0.0.0.0:8080".parse().unwrap());
+        let url = s.public_url.unwrap();
+        assert!(url.starts_with("http://") && url.ends_with(":8080"), "{url}");
+        assert!(!url.contains("0.0.0.0"), "{url}");
     }
 }

@@ -68,6 +68,10 @@ struct DialoutRequest {
     from_number: Option<String>,
     #[serde(default)]
     connected_event: Option<Value>,
+    /// CRM data for `{{crm.*}}` (the public dial-out API's `variables`), kept under
+    /// `connected_event.crm`.
+    #[serde(default)]
+    variables: Option<Value>,
     #[serde(default, deserialize_with = "opt_text")]
     config_url: Option<String>,
 }
@@ -86,6 +90,9 @@ struct AttachRequest {
     config_url: Option<String>,
     #[serde(default)]
     connected_event: Option<Value>,
+    /// CRM data for `{{crm.*}}`, kept under `connected_event.crm`.
+    #[serde(default)]
+    variables: Option<Value>,
     #[serde(default, deserialize_with = "opt_text")]
     campaign_call_id: Option<String>,
 }
@@ -196,6 +203,28 @@ fn connected_object(v: Option<Value>) -> Result<Map<String, Value>, Rejection> {
         Some(Value::Object(m)) => Ok(m),
         Some(_) => Err(invalid("connected_event must be a JSON object")),
     }
+}
+
+/// The connected event with a request's `variables` merged into its `crm` object (the request's
+/// values win), where `{{crm.*}}` prompt variables are read from.
+fn connected_with_variables(
+    connected: Option<Value>,
+    variables: Option<Value>,
+) -> Result<Map<String, Value>, Rejection> {
+    let mut connected = connected_object(connected)?;
+    let vars = match variables {
+        None | Some(Value::Null) => return Ok(connected),
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err(invalid("variables must be a JSON object")),
+    };
+    let crm = connected.entry("crm").or_insert_with(|| Value::Object(Map::new()));
+    if !crm.is_object() {
+        return Err(invalid("connected_event.crm must be a JSON object"));
+    }
+    if let Some(crm) = crm.as_object_mut() {
+        crm.extend(vars);
+    }
+    Ok(connected)
 }
 
 /// The gate every route passes first: secret, then body, then LiveKit.
@@ -380,7 +409,7 @@ async fn dialout_inner(app: AppState, headers: HeaderMap, body: Bytes) -> Result
         Ok(n) => n,
         Err(e) => return Err(invalid(format!("to_number: {e}"))),
     };
-    let connected_in = connected_object(req.connected_event.clone())?;
+    let connected_in = connected_with_variables(req.connected_event.clone(), req.variables.clone())?;
     let call_id = uuid::Uuid::new_v4().to_string();
     let room_name = format!("dialout-{call_id}");
     let span = tracing::info_span!("dialout", %call_id, bot_id = %req.bot_id);
@@ -461,7 +490,7 @@ async fn attach_inner(app: AppState, headers: HeaderMap, body: Bytes) -> Result<
         .and_then(|_| req.from_number.as_deref().map_or(Ok(()), |n| check_number("from_number", n)))
         .and_then(|_| req.campaign_call_id.as_deref().map_or(Ok(()), |c| check_name("campaign_call_id", c)))
         .and_then(|_| check_config_url(&req.config_url))?;
-    let mut connected = connected_object(req.connected_event.clone())?;
+    let mut connected = connected_with_variables(req.connected_event.clone(), req.variables.clone())?;
     let call_id = uuid::Uuid::new_v4().to_string();
     let slot = take_slot(&app, "attach", &call_id)?;
     connected.entry("event").or_insert(json!("connected"));
