@@ -1236,13 +1236,21 @@ mod tests {
         let (status, v) = post(&c, &url, &body("I want to check my order status", FAKE_KB_ID, 0.0), ok).await;
         assert_eq!(status, 200, "{v}");
         let results = v["results"].as_array().cloned().unwrap_or_default();
-        assert_eq!(results.iter().map(|r| r["chunk_id"].clone()).collect::<Vec<_>>(), [json!("orders-2"), json!("orders-1")]);
+        assert_eq!(
+            results.iter().map(|r| r["chunk_id"].clone()).collect::<Vec<_>>(),
+            [json!("orders-2"), json!("orders-1")]
+        );
         assert_eq!(results[0]["score"], 0.9);
         assert_eq!(results[0]["kb_id"], FAKE_KB_ID);
         assert!(results[1]["score"].as_f64().is_some_and(|s| s > 0.2 && s < 0.9));
         assert!(results[0]["text"].as_str().is_some_and(|t| t.contains("order number")));
         // The threshold, another knowledge base, no matching word.
-        assert_eq!(post(&c, &url, &body("check my order status", FAKE_KB_ID, 0.5), ok).await.1["results"].as_array().map(Vec::len), Some(1));
+        assert_eq!(
+            post(&c, &url, &body("check my order status", FAKE_KB_ID, 0.5), ok).await.1["results"]
+                .as_array()
+                .map(Vec::len),
+            Some(1)
+        );
         assert_eq!(post(&c, &url, &body("order status", "kb_other", 0.0), ok).await.1, json!({"results": []}));
         assert_eq!(post(&c, &url, &body("weather on mars", FAKE_KB_ID, 0.0), ok).await.1, json!({"results": []}));
         // No kb ids: the fake's own.
@@ -1252,14 +1260,23 @@ mod tests {
         // Refusals: secret, body.
         assert_eq!(post(&c, &url, &body("order", FAKE_KB_ID, 0.0), None).await.0, 403);
         assert_eq!(post(&c, &url, &body("order", FAKE_KB_ID, 0.0), Some(("X-CXBCore-Secret", "nope"))).await.0, 403);
-        for bad in [json!({"query": " "}), json!({"query": "x", "top_k": 0}), json!({"query": "x", "kb_ids": "kb"}),
-                    json!({"query": "x", "score_threshold": 2}), json!([1])] {
+        for bad in [
+            json!({"query": " "}),
+            json!({"query": "x", "top_k": 0}),
+            json!({"query": "x", "kb_ids": "kb"}),
+            json!({"query": "x", "score_threshold": 2}),
+            json!([1]),
+        ] {
             assert_eq!(post(&c, &url, &bad, ok).await.0, 422, "{bad}");
         }
         // Injected failures, then back to normal.
         assert_eq!(post(&c, &format!("{base}/sim/control"), &json!({"knowledge_status": 503}), None).await.0, 200);
         assert_eq!(post(&c, &url, &body("order", FAKE_KB_ID, 0.0), ok).await.0, 503);
-        assert_eq!(post(&c, &format!("{base}/sim/control"), &json!({"knowledge_status": 200}), None).await.1["knowledge_status"], 200);
+        assert_eq!(
+            post(&c, &format!("{base}/sim/control"), &json!({"knowledge_status": 200}), None).await.1
+                ["knowledge_status"],
+            200
+        );
         assert_eq!(post(&c, &url, &body("order", FAKE_KB_ID, 0.0), ok).await.0, 200);
 
         // Everything was recorded, with the secret headers seen.

@@ -34,7 +34,8 @@ impl Lcg {
 }
 
 fn vocabulary() -> Vec<String> {
-    let syllables = ["ka", "ri", "mo", "te", "sun", "pa", "lo", "ve", "din", "ra", "shi", "no", "tar", "ge", "bu", "lan"];
+    let syllables =
+        ["ka", "ri", "mo", "te", "sun", "pa", "lo", "ve", "din", "ra", "shi", "no", "tar", "ge", "bu", "lan"];
     let mut words = Vec::new();
     for a in syllables {
         for b in syllables {
@@ -84,7 +85,8 @@ fn queries() -> Vec<KnowledgeQuery> {
             let words = 3 + (rng.next() % 5) as usize;
             let text: Vec<&str> = (0..words).map(|_| vocab[rng.zipf(vocab.len())].as_str()).collect();
             // Half the queries search one knowledge base, half search three.
-            let kb_ids = if i % 2 == 0 { vec![format!("kb{}", i % KBS)] } else { (0..3).map(|k| format!("kb{k}")).collect() };
+            let kb_ids =
+                if i % 2 == 0 { vec![format!("kb{}", i % KBS)] } else { (0..3).map(|k| format!("kb{k}")).collect() };
             let mut q = KnowledgeQuery::new(text.join(" "), kb_ids);
             q.top_k = 3;
             q

@@ -60,7 +60,9 @@ impl ApiKnowledge {
         let endpoint = url::Url::parse(&endpoint)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()))
-            .ok_or_else(|| KnowledgeError::InvalidConfig(format!("knowledge API base {api_base:?} is not an http(s) URL")))?;
+            .ok_or_else(|| {
+                KnowledgeError::InvalidConfig(format!("knowledge API base {api_base:?} is not an http(s) URL"))
+            })?;
         Ok(ApiKnowledge { endpoint, secret, http, timeout, max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES })
     }
 
@@ -203,7 +205,12 @@ pub fn parse_response(body: &[u8], query: &KnowledgeQuery) -> Result<Vec<Hit>, K
                 kb_id: o.get("kb_id").and_then(id_text).unwrap_or_default(),
                 text: text.to_string(),
                 score: clamp_unit(o.get("score").and_then(number).unwrap_or(0.0)),
-                title: o.get("title").and_then(Value::as_str).map(str::trim).filter(|t| !t.is_empty()).map(str::to_string),
+                title: o
+                    .get("title")
+                    .and_then(Value::as_str)
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string),
             })
         })
         .collect();
@@ -277,7 +284,10 @@ mod tests {
         let a = ApiKnowledge::new("https://api.example.com/api/v1/", None, c.clone(), t).expect("valid");
         assert_eq!(a.endpoint().as_str(), "https://api.example.com/api/v1/knowledge/search");
         for bad in ["", "ftp://x/api/v1", "not a url", "mailto:ops@example.com"] {
-            assert!(matches!(ApiKnowledge::new(bad, None, c.clone(), t), Err(KnowledgeError::InvalidConfig(_))), "{bad}");
+            assert!(
+                matches!(ApiKnowledge::new(bad, None, c.clone(), t), Err(KnowledgeError::InvalidConfig(_))),
+                "{bad}"
+            );
         }
     }
 

@@ -271,7 +271,8 @@ mod tests {
     fn chunks_end_at_paragraph_ends_when_one_is_near() {
         // Paragraphs of ~700 characters: two do not fit in 1,200, so each chunk is one paragraph
         // (plus overlap), never a paragraph and a half.
-        let para = |n: usize| format!("Paragraph {n} begins. {}It ends here.", "Some filler words in a sentence. ".repeat(20));
+        let para =
+            |n: usize| format!("Paragraph {n} begins. {}It ends here.", "Some filler words in a sentence. ".repeat(20));
         let text = (0..4).map(para).collect::<Vec<_>>().join("\n\n");
         let chunks = chunk_text(&text, ChunkOptions::default());
         for c in &chunks {

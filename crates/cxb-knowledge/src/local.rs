@@ -52,9 +52,7 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::future::BoxFuture;
 use tantivy::collector::TopDocs;
 use tantivy::query::{Bm25StatisticsProvider, BooleanQuery, ConstScoreQuery, Occur, Query, TermQuery};
-use tantivy::schema::{
-    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value as _, STORED, STRING,
-};
+use tantivy::schema::{Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value as _, STORED, STRING};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term};
 use tracing::{info, warn};
 
@@ -195,9 +193,7 @@ impl LocalKnowledge {
     pub fn open_with(root: impl Into<PathBuf>, limits: LocalLimits) -> Result<LocalKnowledge, KnowledgeError> {
         let mut schema = Schema::builder();
         let analysed = TextOptions::default().set_indexing_options(
-            TextFieldIndexing::default()
-                .set_tokenizer(TOKENIZER_NAME)
-                .set_index_option(IndexRecordOption::WithFreqs),
+            TextFieldIndexing::default().set_tokenizer(TOKENIZER_NAME).set_index_option(IndexRecordOption::WithFreqs),
         );
         let fields = Fields {
             kb_id: schema.add_text_field("kb_id", STRING | STORED),
@@ -488,7 +484,8 @@ fn index_kb(
             }
         };
         let text = text.trim_start_matches('\u{feff}').replace("\r\n", "\n");
-        let relative = stamp.relative.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+        let relative =
+            stamp.relative.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
         let document_id = format!("{kb}/{relative}");
         let title = document_title(&text, &stamp.relative);
         let mut chunks = 0;

@@ -129,7 +129,8 @@ mod tests {
 
     #[test]
     fn hinglish_words_match_themselves_and_are_not_conflated() {
-        let words = ["mera", "order", "kab", "aayega", "bill", "kitna", "hai", "paisa", "paise", "wapas", "karo", "kare"];
+        let words =
+            ["mera", "order", "kab", "aayega", "bill", "kitna", "hai", "paisa", "paise", "wapas", "karo", "kare"];
         let terms = analyze(&words.join(" "));
         assert_eq!(terms.len(), words.len());
         // Distinct Hinglish words keep distinct terms (no stemming harm).

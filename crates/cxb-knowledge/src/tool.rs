@@ -158,8 +158,11 @@ impl KnowledgeTool {
             error: None,
         };
         debug!(
-            source = self.source.name(), hits = outcome.hits.len(), fallback = outcome.fallback,
-            elapsed_ms = outcome.elapsed.as_millis() as u64, "knowledge search done"
+            source = self.source.name(),
+            hits = outcome.hits.len(),
+            fallback = outcome.fallback,
+            elapsed_ms = outcome.elapsed.as_millis() as u64,
+            "knowledge search done"
         );
         outcome
     }

@@ -54,7 +54,8 @@ async fn server() -> (String, Arc<Mutex<Seen>>) {
 }
 
 fn client(base: &str, timeout_ms: u64) -> ApiKnowledge {
-    ApiKnowledge::new(base, Some("s3cret".into()), reqwest::Client::new(), Duration::from_millis(timeout_ms)).expect("client")
+    ApiKnowledge::new(base, Some("s3cret".into()), reqwest::Client::new(), Duration::from_millis(timeout_ms))
+        .expect("client")
 }
 
 fn query(text: &str) -> KnowledgeQuery {

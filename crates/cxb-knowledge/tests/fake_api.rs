@@ -17,8 +17,13 @@ async fn fake_api() -> cxb_sim::SimServer {
 }
 
 fn tool(base: &str, secret: &str, extra: Value) -> KnowledgeTool {
-    let api = ApiKnowledge::new(&format!("{base}/api/v1"), Some(secret.into()), reqwest::Client::new(), Duration::from_secs(2))
-        .expect("client");
+    let api = ApiKnowledge::new(
+        &format!("{base}/api/v1"),
+        Some(secret.into()),
+        reqwest::Client::new(),
+        Duration::from_secs(2),
+    )
+    .expect("client");
     let mut config = json!({"knowledge_enabled": true, "knowledge_kb_ids": ["kb_demo"], "knowledge_top_k": 2});
     for (k, v) in extra.as_object().cloned().unwrap_or_default() {
         config[k] = v;
@@ -40,7 +45,11 @@ async fn the_tool_answers_from_the_fake_api_and_the_fake_sees_what_was_sent() {
     assert_eq!(out.event()["top_score"], 0.9);
 
     // Strict mode: nothing about the weather in the demo knowledge base.
-    let strict = tool(&base, "s3cret", json!({"knowledge_strict": true, "knowledge_fallback_message": "Let me connect you to an agent."}));
+    let strict = tool(
+        &base,
+        "s3cret",
+        json!({"knowledge_strict": true, "knowledge_fallback_message": "Let me connect you to an agent."}),
+    );
     let out = strict.run(r#"{"query":"weather on mars"}"#, "demo", "sess-9").await;
     assert!(out.fallback);
     assert!(out.content.contains("Let me connect you to an agent."), "{}", out.content);
@@ -48,9 +57,13 @@ async fn the_tool_answers_from_the_fake_api_and_the_fake_sees_what_was_sent() {
     // A wrong secret is an error result the LLM can read.
     let out = tool(&base, "wrong", json!({})).run(r#"{"query":"order"}"#, "demo", "sess-9").await;
     assert!(out.is_error);
-    assert_eq!(out.content, "error: knowledge search failed: the knowledge service answered HTTP 403: invalid or missing secret");
+    assert_eq!(
+        out.content,
+        "error: knowledge search failed: the knowledge service answered HTTP 403: invalid or missing secret"
+    );
 
-    let seen: Value = reqwest::get(format!("{base}/sim/knowledge-requests")).await.expect("get").json().await.expect("json");
+    let seen: Value =
+        reqwest::get(format!("{base}/sim/knowledge-requests")).await.expect("get").json().await.expect("json");
     let seen = seen.as_array().cloned().unwrap_or_default();
     assert_eq!(seen.len(), 3);
     assert_eq!(

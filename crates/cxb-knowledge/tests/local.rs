@@ -34,14 +34,22 @@ fn corpus() -> tempfile::TempDir {
         "shop/returns.md",
         "# Returns\n\nYou can return unused items within 30 days. Refunds reach your card in 5 to 7 days.\n",
     );
-    write(root, "shop/delivery.md", "# Delivery\n\nStandard delivery takes 2 to 4 working days. Express delivery is next day.\n");
+    write(
+        root,
+        "shop/delivery.md",
+        "# Delivery\n\nStandard delivery takes 2 to 4 working days. Express delivery is next day.\n",
+    );
     write(root, "shop/misc/hours.txt", "Our phone line is open from 9 am to 9 pm, every day.\n");
     write(
         root,
         "shop/hindi.md",
         "# हिंदी\n\nरिफंड पाँच से सात दिन में आपके खाते में आता है।\n\nRefund kitne din mein milega? Paisa 5 se 7 din mein wapas aata hai.\n",
     );
-    write(root, "bank/refunds.md", "# Refunds refunds refunds\n\nRefund refund refund: a bank refund, refunds of refunds.\n");
+    write(
+        root,
+        "bank/refunds.md",
+        "# Refunds refunds refunds\n\nRefund refund refund: a bank refund, refunds of refunds.\n",
+    );
     dir
 }
 
@@ -49,10 +57,10 @@ fn corpus() -> tempfile::TempDir {
 fn ranking_and_kb_filtering() {
     let dir = corpus();
     let k = LocalKnowledge::open(dir.path()).expect("open");
-    assert_eq!(k.knowledge_bases().iter().map(|(id, docs, _)| (id.as_str(), *docs)).collect::<Vec<_>>(), [
-        ("bank", 1),
-        ("shop", 4)
-    ]);
+    assert_eq!(
+        k.knowledge_bases().iter().map(|(id, docs, _)| (id.as_str(), *docs)).collect::<Vec<_>>(),
+        [("bank", 1), ("shop", 4)]
+    );
 
     // The bank's page says "refund" far more often, but only the shop was asked for.
     let hits = search(&k, "when does my refund reach my card", &["shop"]);
@@ -206,7 +214,10 @@ fn refresh_reindexes_only_what_changed() {
     // Change one file of one knowledge base (a different length: mtime granularity is not an issue).
     write(root, "shop/delivery.md", "# Delivery\n\nDrone delivery now reaches every pincode within one hour.\n");
     let report = k.refresh().expect("refresh");
-    assert_eq!((report.reindexed.clone(), report.removed.clone(), report.unchanged), (vec!["shop".to_string()], vec![], 1));
+    assert_eq!(
+        (report.reindexed.clone(), report.removed.clone(), report.unchanged),
+        (vec!["shop".to_string()], vec![], 1)
+    );
     assert_eq!(docs(&search(&k, "drone", &["shop"])), ["shop/delivery.md"]);
     assert!(search(&k, "express", &["shop"]).is_empty(), "the old text is gone");
     assert_eq!(search(&k, "refund", &["shop"]).len(), 2, "the rest of the kb is still there, once");
@@ -218,7 +229,10 @@ fn refresh_reindexes_only_what_changed() {
     let report = k.refresh().expect("refresh");
     let mut reindexed = report.reindexed.clone();
     reindexed.sort();
-    assert_eq!((reindexed, report.removed.clone()), (vec!["faq".to_string(), "shop".to_string()], vec!["bank".to_string()]));
+    assert_eq!(
+        (reindexed, report.removed.clone()),
+        (vec!["faq".to_string(), "shop".to_string()], vec!["bank".to_string()])
+    );
     assert!(search(&k, "refund", &["bank"]).is_empty());
     assert!(search(&k, "phone line", &["shop"]).is_empty());
     assert_eq!(docs(&search(&k, "gift cards", &["faq"])), ["faq/a.md"]);

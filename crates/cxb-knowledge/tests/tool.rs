@@ -78,7 +78,11 @@ fn the_definition_has_one_query_parameter_and_the_bots_instructions() {
     let custom = cxb_knowledge::tool_spec(&settings(
         json!({"knowledge_trigger_instructions": "Use for questions about loan EMIs and foreclosure."}),
     ));
-    assert!(custom.description.contains("Use for questions about loan EMIs and foreclosure."), "{}", custom.description);
+    assert!(
+        custom.description.contains("Use for questions about loan EMIs and foreclosure."),
+        "{}",
+        custom.description
+    );
     // The OpenAI rendering round-trips.
     assert_eq!(cxb_wire::llm::ToolSpec::from_openai_json(&custom.to_openai_json()), Some(custom));
 }
@@ -105,14 +109,20 @@ async fn results_are_verbatim_best_first_and_filtered() {
         ]})
     );
     let q = fake.seen.lock().unwrap_or_else(|p| p.into_inner())[0].clone();
-    assert_eq!((q.query.as_str(), q.kb_ids.clone(), q.top_k, q.score_threshold), ("refund time", vec!["kb".to_string()], 3, 0.15));
+    assert_eq!(
+        (q.query.as_str(), q.kb_ids.clone(), q.top_k, q.score_threshold),
+        ("refund time", vec!["kb".to_string()], 3, 0.15)
+    );
     assert_eq!((q.bot_id.as_str(), q.session_id.as_str()), ("demo", "s-1"));
 
     let event = out.event();
     assert_eq!(event["query"], "refund time");
     assert_eq!(event["kb_ids"], json!(["kb"]));
     assert_eq!(event["top_score"], 0.9);
-    assert_eq!(event["hits"][1], json!({"chunk_id": "a", "document_id": "doc-a", "kb_id": "kb", "score": 0.4, "title": "Refunds"}));
+    assert_eq!(
+        event["hits"][1],
+        json!({"chunk_id": "a", "document_id": "doc-a", "kb_id": "kb", "score": 0.4, "title": "Refunds"})
+    );
     assert!(event["elapsed_ms"].is_u64());
     assert!(event.get("error").is_none() && event.get("fallback").is_none());
 }
@@ -163,8 +173,12 @@ fn results_are_bounded_in_size_with_whole_chunks() {
     // pulled forward (best first, whole chunks, stop at the first that does not fit).
     let hits = vec![chunk("a", 1000), chunk("b", 1000), chunk("c", 1000), chunk("d", 10)];
     let v = parse(&render_result(&hits, None, 2500));
-    let texts: Vec<usize> =
-        v["results"].as_array().expect("array").iter().map(|r| r["text"].as_str().unwrap_or("").chars().count()).collect();
+    let texts: Vec<usize> = v["results"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|r| r["text"].as_str().unwrap_or("").chars().count())
+        .collect();
     assert_eq!(texts, [1000, 1000]);
     // A single chunk over the whole budget is still given, cut to it.
     let v = parse(&render_result(&[chunk("big", 5000), chunk("b", 10)], None, 300));
