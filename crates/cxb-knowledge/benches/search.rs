@@ -4,7 +4,7 @@
 //! distribution (p50 / p90 / p99 / max) of single queries over the generated query set.
 //!
 //! The corpus is generated deterministically (a fixed-seed LCG over a synthetic vocabulary with a
-//! Zipf-like word distribution): 10 knowledge bases × 100 documents × 10 paragraphs of ~1,100
+//! Zipf-like word distribution): 10 knowledge bases × 100 documents × 10 paragraphs of ~900
 //! characters, which the chunker turns into about 10,000 chunks.
 
 use std::path::Path;
@@ -16,7 +16,7 @@ use cxb_knowledge::{KnowledgeQuery, LocalKnowledge};
 const KBS: usize = 10;
 const DOCS_PER_KB: usize = 100;
 const PARAGRAPHS_PER_DOC: usize = 10;
-const PARAGRAPH_CHARS: usize = 1100;
+const PARAGRAPH_CHARS: usize = 850;
 
 /// Deterministic pseudo-random numbers (Knuth's MMIX LCG).
 struct Lcg(u64);

@@ -128,9 +128,8 @@ pub struct KnowledgeSettings {
     #[serde(default, deserialize_with = "lenient_ids")]
     pub knowledge_kb_ids: Vec<String>,
     /// Results per search, 1..=10 (default 3).
-    #[serde(default, deserialize_with = "lenient_opt_f64", skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<u32>")]
-    pub knowledge_top_k: Option<f64>,
+    #[serde(default, deserialize_with = "lenient_top_k", skip_serializing_if = "Option::is_none")]
+    pub knowledge_top_k: Option<u32>,
     /// Minimum score, 0..=1 (default 0).
     #[serde(default, deserialize_with = "lenient_opt_f64", skip_serializing_if = "Option::is_none")]
     pub knowledge_score_threshold: Option<f64>,
@@ -154,10 +153,7 @@ impl KnowledgeSettings {
 
     /// `top_k` within 1..=10.
     pub fn top_k(&self) -> u32 {
-        match self.knowledge_top_k {
-            Some(k) if k.is_finite() => k.round().clamp(1.0, MAX_TOP_K as f64) as u32,
-            _ => DEFAULT_TOP_K,
-        }
+        self.knowledge_top_k.map_or(DEFAULT_TOP_K, |k| k.clamp(1, MAX_TOP_K))
     }
 
     /// The threshold within 0..=1.
@@ -201,6 +197,11 @@ fn lenient_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>,
         Value::String(s) if !s.trim().is_empty() => Some(s),
         _ => None,
     })
+}
+
+/// A number (or numeric string), rounded and clamped to 1..=10.
+fn lenient_top_k<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    Ok(number(&Value::deserialize(d)?).map(|k| k.round().clamp(1.0, MAX_TOP_K as f64) as u32))
 }
 
 fn lenient_opt_f64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
@@ -258,6 +259,26 @@ mod tests {
         assert_eq!(KnowledgeSettings::from_config(&json!("not an object")), KnowledgeSettings::default());
         assert_eq!(KnowledgeSettings::from_config(&json!({"knowledge_top_k": 0})).top_k(), 1);
         assert_eq!(KnowledgeSettings::from_config(&json!({"knowledge_score_threshold": -3})).score_threshold(), 0.0);
+    }
+
+    #[test]
+    fn settings_can_be_flattened_into_a_config_type() {
+        #[derive(Deserialize, Serialize)]
+        struct Config {
+            session_id: String,
+            #[serde(flatten)]
+            knowledge: KnowledgeSettings,
+        }
+        let c: Config = serde_json::from_value(json!({"session_id": "s", "knowledge_enabled": true,
+            "knowledge_top_k": "4", "knowledge_kb_ids": [7], "other": null}))
+        .expect("parses");
+        assert_eq!((c.session_id.as_str(), c.knowledge.knowledge_enabled, c.knowledge.top_k()), ("s", true, 4));
+        // Absent values stay absent when written back (no nulls).
+        assert_eq!(
+            serde_json::to_value(&c).unwrap_or_default(),
+            json!({"session_id": "s", "knowledge_enabled": true, "knowledge_kb_ids": ["7"], "knowledge_top_k": 4,
+                "knowledge_strict": false})
+        );
     }
 
     #[test]
