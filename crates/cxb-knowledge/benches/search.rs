@@ -5,7 +5,12 @@
 //!
 //! The corpus is generated deterministically (a fixed-seed LCG over a synthetic vocabulary with a
 //! Zipf-like word distribution): 10 knowledge bases × 100 documents × 10 paragraphs of ~900
-//! characters, which the chunker turns into about 10,000 chunks.
+//! characters, which the chunker turns into 10,000 chunks (~8 MB of text).
+//!
+//! Measured on the 2-core development VM while other builds ran (load average ~7.5): index build
+//! 1.22 s (read + chunk + index, 10,000 chunks); one top-3 query over 1 or 3 of the 10 knowledge
+//! bases: criterion mean 128 µs, p50 85 µs, p90 106 µs, p99 3.5 ms (the tail is the thread being
+//! preempted on the loaded machine, not the search).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
