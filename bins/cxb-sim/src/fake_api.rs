@@ -1,6 +1,7 @@
 //! The fake CXB API: runtime config endpoint (contract §3 #1, §4), results receiver (§3 #4, §5),
 //! SIP DID and outbound-trunk lookups (§3 #2, #3), the Agent Desk receiver (§3 #6, §6.7; keys
-//! in docs/agent-desk.md) and the `/sim/*` inspection and control endpoints.
+//! in docs/agent-desk.md), knowledge search (§3 #8; shapes in crates/cxb-knowledge/src/api.rs)
+//! and the `/sim/*` inspection and control endpoints.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
@@ -52,6 +53,12 @@ pub struct ApiStore {
     /// Enqueue requests still to answer 503; `None` until first used (then taken from the
     /// script's `agent_desk.enqueue_503`, so `/sim/reset` re-arms the scripted count).
     pub agent_desk_enqueue_503: Option<u32>,
+    /// Knowledge searches received, answered or not (last [`KEPT`]).
+    pub knowledge_requests: VecDeque<Value>,
+    /// `/sim/control` `knowledge_status`: answer every knowledge search with this status.
+    pub knowledge_status: Option<u16>,
+    /// `/sim/control` `knowledge_delay_ms`: wait this long before answering a knowledge search.
+    pub knowledge_delay_ms: u64,
 }
 
 /// How many SIP lookups and Agent Desk requests the fake API remembers.
@@ -74,6 +81,8 @@ pub fn routes() -> Router<Arc<SimState>> {
         .route("/api/v1/sip/outbound-trunk", get(outbound_trunk))
         .route("/api/v1/agent-desk/enqueue", post(agent_desk_enqueue))
         .route("/api/v1/agent-desk/calls/{call_id}/{update}", post(agent_desk_update))
+        .route("/api/v1/knowledge/search", post(knowledge_search))
+        .route("/sim/knowledge-requests", get(list_knowledge_requests))
         .route("/sim/agent-desk", get(list_agent_desk))
         .route("/sim/sip-lookups", get(list_sip_lookups))
         .route("/sim/config-requests", get(list_config_requests))
@@ -465,8 +474,10 @@ async fn reset(State(state): State<Arc<SimState>>) -> Json<Value> {
 }
 
 /// `POST /sim/control`: `{"results_status":503}`, `{"config_status":500}`,
-/// `{"agent_desk_enqueue_503":2}` (the next 2 Agent Desk enqueues answer 503), and any latency
-/// setting (`llm_ttft_ms`, ...). Answers with the current control state.
+/// `{"agent_desk_enqueue_503":2}` (the next 2 Agent Desk enqueues answer 503),
+/// `{"knowledge_status":503}` (every knowledge search answers 503; 200 restores),
+/// `{"knowledge_delay_ms":4000}`, and any latency setting (`llm_ttft_ms`, ...). Answers with the
+/// current control state.
 async fn control(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
     let v: Value = match serde_json::from_slice(&body) {
         Ok(Value::Object(o)) => Value::Object(o),
@@ -501,10 +512,27 @@ async fn control(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
             None => return detail(StatusCode::BAD_REQUEST, "agent_desk_enqueue_503 must be a non-negative integer"),
         }
     }
+    if let Some(x) = v.get("knowledge_status") {
+        match x.as_u64().filter(|s| (100..=599).contains(s)) {
+            Some(s) => lock(&state.api).knowledge_status = (s != 200).then_some(s as u16),
+            None => return detail(StatusCode::BAD_REQUEST, "knowledge_status must be an HTTP status 100..=599"),
+        }
+    }
+    if let Some(x) = v.get("knowledge_delay_ms") {
+        match x.as_u64().filter(|ms| *ms <= 600_000) {
+            Some(ms) => lock(&state.api).knowledge_delay_ms = ms,
+            None => return detail(StatusCode::BAD_REQUEST, "knowledge_delay_ms must be an integer 0..=600000"),
+        }
+    }
     let mut out = state.settings_json();
     out["results_status"] = json!(state.results_status.load(Ordering::Relaxed));
     out["config_status"] = json!(state.config_status.load(Ordering::Relaxed));
-    out["agent_desk_enqueue_503"] = json!(enqueue_503_remaining(&state, &mut lock(&state.api)));
+    {
+        let mut api = lock(&state.api);
+        out["agent_desk_enqueue_503"] = json!(enqueue_503_remaining(&state, &mut api));
+        out["knowledge_status"] = json!(api.knowledge_status.unwrap_or(200));
+        out["knowledge_delay_ms"] = json!(api.knowledge_delay_ms);
+    }
     Json(out).into_response()
 }
 
@@ -818,6 +846,153 @@ async fn list_agent_desk(State(state): State<Arc<SimState>>) -> Json<Value> {
     Json(Value::Array(lock(&state.api).agent_desk.iter().cloned().collect()))
 }
 
+// ---------------------------------------------------------------------------------------------
+// Knowledge search (contract §3 call 8; request and response shapes: crates/cxb-knowledge)
+
+/// The knowledge base the fake searches; an empty `kb_ids` searches it too.
+pub const FAKE_KB_ID: &str = "kb_demo";
+
+/// The fake's knowledge base: (chunk_id, document_id, title, text), on the demo line's topics.
+const FAKE_KB: [(&str, &str, &str, &str); 4] = [
+    (
+        "orders-1",
+        "doc-orders",
+        "Orders and delivery",
+        "Orders placed before 2 pm ship the same day. Standard delivery takes 2 to 4 working days in metro \
+         cities, and a tracking link is sent by SMS when the order ships.",
+    ),
+    (
+        "orders-2",
+        "doc-orders",
+        "Order status",
+        "To check an order status the agent needs the order number (CXB followed by 8 digits) or the \
+         registered mobile number. Statuses: confirmed, packed, shipped, out for delivery, delivered.",
+    ),
+    (
+        "billing-1",
+        "doc-billing",
+        "Billing",
+        "Monthly bills are issued on the 1st and are due by the 10th; a late fee of Rs 50 applies after \
+         that. A bill can be paid by UPI, card or net banking.",
+    ),
+    (
+        "refunds-1",
+        "doc-refunds",
+        "Returns and refunds",
+        "Refunds reach the original payment method 5 to 7 working days after the returned item arrives \
+         at the warehouse.",
+    ),
+];
+
+/// Lowercase words of 3+ letters, a plural `s` dropped, minus filler words.
+fn fake_terms(text: &str) -> HashSet<String> {
+    const FILLER: [&str; 14] =
+        ["the", "and", "for", "you", "your", "what", "how", "when", "does", "can", "with", "are", "want", "have"];
+    text.split(|c: char| !c.is_alphanumeric())
+        .map(|w| w.to_lowercase())
+        .filter(|w| w.chars().count() >= 3 && !FILLER.contains(&w.as_str()))
+        .map(|w| w.strip_suffix('s').map(str::to_string).unwrap_or(w))
+        .collect()
+}
+
+/// Hits of the fake knowledge base: the share of query words a chunk has, mapped to the
+/// 0.2–0.9 range real similarity scores live in; chunks sharing no word are not hits.
+pub fn fake_knowledge_hits(query: &str, top_k: usize, threshold: f64) -> Vec<Value> {
+    let wanted = fake_terms(query);
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    let mut hits: Vec<(f64, Value)> = FAKE_KB
+        .iter()
+        .filter_map(|(chunk_id, document_id, title, text)| {
+            let have = fake_terms(&format!("{title} {text}"));
+            let shared = wanted.intersection(&have).count();
+            let score = (0.2 + 0.7 * shared as f64 / wanted.len() as f64) * 1000.0;
+            let score = score.round() / 1000.0;
+            (shared > 0 && score >= threshold).then(|| {
+                let hit = json!({"chunk_id": chunk_id, "document_id": document_id, "kb_id": FAKE_KB_ID,
+                    "text": text, "score": score, "title": title});
+                (score, hit)
+            })
+        })
+        .collect();
+    hits.sort_by(|a, b| b.0.total_cmp(&a.0));
+    hits.into_iter().take(top_k).map(|(_, h)| h).collect()
+}
+
+/// Checks a search body; `(query, kb_ids, top_k, score_threshold)`.
+fn parse_knowledge_search(v: &Value) -> Result<(String, Vec<String>, usize, f64), String> {
+    let Value::Object(o) = v else { return Err("body must be a JSON object".into()) };
+    let query = match o.get("query") {
+        Some(Value::String(q)) if !q.trim().is_empty() => q.clone(),
+        Some(Value::String(_)) => return Err("query must not be empty".into()),
+        _ => return Err("query must be a string".into()),
+    };
+    let kb_ids = match o.get("kb_ids") {
+        None => Vec::new(),
+        Some(Value::Array(ids)) if ids.iter().all(Value::is_string) => {
+            ids.iter().filter_map(Value::as_str).map(str::to_string).collect()
+        }
+        Some(_) => return Err("kb_ids must be an array of strings".into()),
+    };
+    let top_k = match o.get("top_k") {
+        None => 3,
+        Some(k) => match k.as_u64().filter(|k| (1..=10).contains(k)) {
+            Some(k) => k as usize,
+            None => return Err("top_k must be an integer 1..=10".into()),
+        },
+    };
+    let threshold = match o.get("score_threshold") {
+        None => 0.0,
+        Some(t) => match t.as_f64().filter(|t| (0.0..=1.0).contains(t)) {
+            Some(t) => t,
+            None => return Err("score_threshold must be a number 0..=1".into()),
+        },
+    };
+    Ok((query, kb_ids, top_k, threshold))
+}
+
+/// `POST /api/v1/knowledge/search`: checks the secret and the body, records the request, and
+/// answers from [`FAKE_KB`] (kb [`FAKE_KB_ID`]).
+async fn knowledge_search(State(state): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (present, secret_ok) = check_secret(&state, &headers);
+    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+    let (injected, delay_ms) = {
+        let api = lock(&state.api);
+        (api.knowledge_status, api.knowledge_delay_ms)
+    };
+    if delay_ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+    }
+    let response = if !secret_ok {
+        detail(StatusCode::FORBIDDEN, "invalid or missing secret")
+    } else if let Some(status) = injected {
+        detail(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), "injected")
+    } else {
+        match parsed.as_ref().ok_or_else(|| "body is not valid JSON".to_string()).and_then(parse_knowledge_search) {
+            Err(reason) => detail(StatusCode::UNPROCESSABLE_ENTITY, &reason),
+            Ok((query, kb_ids, top_k, threshold)) => {
+                let searched = kb_ids.is_empty() || kb_ids.iter().any(|k| k == FAKE_KB_ID);
+                let results = if searched { fake_knowledge_hits(&query, top_k, threshold) } else { Vec::new() };
+                Json(json!({ "results": results })).into_response()
+            }
+        }
+    };
+    let record = json!({
+        "at": now_rfc3339(),
+        "body": parsed.unwrap_or_else(|| json!(String::from_utf8_lossy(&body))),
+        "status": response.status().as_u16(),
+        "secret_headers": present,
+        "secret_ok": secret_ok,
+    });
+    push_bounded(&mut lock(&state.api).knowledge_requests, record);
+    response
+}
+
+async fn list_knowledge_requests(State(state): State<Arc<SimState>>) -> Json<Value> {
+    Json(Value::Array(lock(&state.api).knowledge_requests.iter().cloned().collect()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1043,6 +1218,79 @@ mod tests {
         assert_eq!(post(&c, &format!("{base}/sim/reset"), &json!({}), None).await.0, 200);
         assert_eq!(get_json(&c, &format!("{base}/sim/agent-desk"), None).await.1, json!([]));
         assert_eq!(post(&c, &enqueue, &body, ok).await.0, 503);
+        srv.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn knowledge_search_checks_records_and_answers_from_its_kb() {
+        let srv = server(script_with(json!({}))).await;
+        let c = reqwest::Client::new();
+        let base = srv.url("http");
+        let url = format!("{base}/api/v1/knowledge/search");
+        let ok = Some(("X-CXB-Core-Secret", "s3cret"));
+        let body = |query: &str, kb: &str, threshold: f64| {
+            json!({"query": query, "kb_ids": [kb], "top_k": 3, "score_threshold": threshold,
+                "bot_id": "demo", "session_id": "s-1"})
+        };
+
+        let (status, v) = post(&c, &url, &body("I want to check my order status", FAKE_KB_ID, 0.0), ok).await;
+        assert_eq!(status, 200, "{v}");
+        let results = v["results"].as_array().cloned().unwrap_or_default();
+        assert_eq!(
+            results.iter().map(|r| r["chunk_id"].clone()).collect::<Vec<_>>(),
+            [json!("orders-2"), json!("orders-1")]
+        );
+        assert_eq!(results[0]["score"], 0.9);
+        assert_eq!(results[0]["kb_id"], FAKE_KB_ID);
+        assert!(results[1]["score"].as_f64().is_some_and(|s| s > 0.2 && s < 0.9));
+        assert!(results[0]["text"].as_str().is_some_and(|t| t.contains("order number")));
+        // The threshold, another knowledge base, no matching word.
+        assert_eq!(
+            post(&c, &url, &body("check my order status", FAKE_KB_ID, 0.5), ok).await.1["results"]
+                .as_array()
+                .map(Vec::len),
+            Some(1)
+        );
+        assert_eq!(post(&c, &url, &body("order status", "kb_other", 0.0), ok).await.1, json!({"results": []}));
+        assert_eq!(post(&c, &url, &body("weather on mars", FAKE_KB_ID, 0.0), ok).await.1, json!({"results": []}));
+        // No kb ids: the fake's own.
+        let (_, v) = post(&c, &url, &json!({"query": "late fee on my bill"}), ok).await;
+        assert_eq!(v["results"][0]["chunk_id"], "billing-1");
+
+        // Refusals: secret, body.
+        assert_eq!(post(&c, &url, &body("order", FAKE_KB_ID, 0.0), None).await.0, 403);
+        assert_eq!(post(&c, &url, &body("order", FAKE_KB_ID, 0.0), Some(("X-CXBCore-Secret", "nope"))).await.0, 403);
+        for bad in [
+            json!({"query": " "}),
+            json!({"query": "x", "top_k": 0}),
+            json!({"query": "x", "kb_ids": "kb"}),
+            json!({"query": "x", "score_threshold": 2}),
+            json!([1]),
+        ] {
+            assert_eq!(post(&c, &url, &bad, ok).await.0, 422, "{bad}");
+        }
+        // Injected failures, then back to normal.
+        assert_eq!(post(&c, &format!("{base}/sim/control"), &json!({"knowledge_status": 503}), None).await.0, 200);
+        assert_eq!(post(&c, &url, &body("order", FAKE_KB_ID, 0.0), ok).await.0, 503);
+        assert_eq!(
+            post(&c, &format!("{base}/sim/control"), &json!({"knowledge_status": 200}), None).await.1
+                ["knowledge_status"],
+            200
+        );
+        assert_eq!(post(&c, &url, &body("order", FAKE_KB_ID, 0.0), ok).await.0, 200);
+
+        // Everything was recorded, with the secret headers seen.
+        let (_, list) = get_json(&c, &format!("{base}/sim/knowledge-requests"), None).await;
+        let list = list.as_array().cloned().unwrap_or_default();
+        assert_eq!(list.len(), 14);
+        assert_eq!(list[0]["body"], body("I want to check my order status", FAKE_KB_ID, 0.0));
+        assert_eq!((list[0]["status"].clone(), list[0]["secret_ok"].clone()), (json!(200), json!(true)));
+        assert_eq!(list[0]["secret_headers"]["X-CXB-Core-Secret"], true);
+        assert_eq!(list[0]["secret_headers"]["X-CXBCore-Secret"], false);
+        assert_eq!((list[5]["status"].clone(), list[5]["secret_ok"].clone()), (json!(403), json!(false)));
+        assert_eq!(list[12]["status"], 503);
+        assert_eq!(post(&c, &format!("{base}/sim/reset"), &json!({}), None).await.0, 200);
+        assert_eq!(get_json(&c, &format!("{base}/sim/knowledge-requests"), None).await.1, json!([]));
         srv.shutdown().await;
     }
 
