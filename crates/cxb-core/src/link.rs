@@ -346,3 +346,33 @@ fn spawn_http(req: cxb_transports::HttpRequest) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The text goes to the LLM and into `transfer_failed`; a SIP status leads it.
+    #[test]
+    fn transfer_errors_read_as_before() {
+        let refused = TransferError::Refer {
+            sip_status: Some(486),
+            source: cxb_livekit::ServerApiError::Sip {
+                status_code: 486,
+                status: "Busy Here".into(),
+                twirp_code: "unavailable".into(),
+            },
+        };
+        assert_eq!(refused.to_string(), "SIP 486: SIP status 486 Busy Here (twirp code \"unavailable\")");
+        let failed = TransferError::Refer {
+            sip_status: None,
+            source: cxb_livekit::ServerApiError::TransferFailed { reason: "no answer".into() },
+        };
+        assert_eq!(failed.to_string(), "SIP transfer failed: no answer");
+        let method = TransferError::Method { method: "dialler".into(), transport: "livekit_inbound" };
+        assert_eq!(method.to_string(), "method \"dialler\" cannot be used on a livekit_inbound call");
+        assert_eq!(
+            TransferError::from(ProtocolError::Unsupported("transfer")).to_string(),
+            ProtocolError::Unsupported("transfer").to_string()
+        );
+    }
+}

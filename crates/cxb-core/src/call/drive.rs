@@ -425,3 +425,39 @@ pub(super) async fn recv_opt<E>(rx: &mut Option<mpsc::Receiver<E>>) -> Option<E>
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_are_bounded_and_each_echo_counts_once() {
+        let mut marks = Marks::default();
+        for u in 0..MAX_PENDING_MARKS as u64 {
+            marks.place(format!("m{u}"), u);
+        }
+        assert_eq!(marks.echoed("m3"), Some(3));
+        assert_eq!(marks.echoed("m3"), None, "an echo counts once");
+        marks.place("m-last".into(), 99);
+        // One more than the bound forgets the older marks instead of growing.
+        marks.place("m-over".into(), 100);
+        assert_eq!(marks.echoed("m0"), None);
+        assert_eq!(marks.echoed("m-over"), Some(100));
+    }
+
+    #[test]
+    fn task_results_become_their_engine_inputs() {
+        let failed = TaskResult::Transfer(Err(TransferError::NotSip)).into_input();
+        assert_eq!(failed, Input::TransferResult { ok: false, error: Some("the caller is not on a SIP call".into()) });
+        assert_eq!(TaskResult::Transfer(Ok(())).into_input(), Input::TransferResult { ok: true, error: None });
+        assert_eq!(
+            TaskResult::TurnPrediction { complete: false }.into_input(),
+            Input::TurnPrediction { complete: false }
+        );
+        let tool = TaskResult::Tool { call_id: "c1".into(), content: "ok".into(), is_error: false };
+        assert_eq!(
+            tool.into_input(),
+            Input::ToolResult { call_id: "c1".into(), content: "ok".into(), is_error: false }
+        );
+    }
+}
