@@ -155,7 +155,7 @@ impl PostCall {
             params
         };
         let (client, retries, permits) = (self.llm.clone(), self.pc().postcall_retries, self.permits.clone());
-        let handle = tokio::spawn(async move {
+        let handle = crate::call::spawn_in_call(async move {
             let runs = jobs
                 .into_iter()
                 .map(|job| analysis::run(client.clone(), params.clone(), job, deadline, retries, permits.clone()));

@@ -5,11 +5,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use educe::Educe;
 
 /// cxb-core: the fleet worker of a contact-centre voice-AI platform.
 ///
 /// Every setting can be given as a flag or as the environment variable shown.
-#[derive(Debug, Clone, Parser)]
+#[derive(Educe, Clone, Parser)]
+#[educe(Debug)]
 #[command(name = "cxb-core", version, about, long_about = None)]
 pub struct Settings {
     /// Address to listen on.
@@ -23,6 +25,7 @@ pub struct Settings {
 
     /// Shared secret for the X-CXBCore-Secret / X-CXB-Core-Secret headers.
     #[arg(long, env = "CXBCORE_SECRET", hide_env_values = true)]
+    #[educe(Debug(method(crate::settings::redact)))]
     pub secret: Option<String>,
 
     /// Concurrent calls this process accepts (CallTracker slots).
@@ -88,12 +91,16 @@ pub struct Settings {
 
     /// Fallback API keys when a bot config's provider block has none.
     #[arg(long, env = "DEEPGRAM_API_KEY", hide_env_values = true)]
+    #[educe(Debug(method(crate::settings::redact)))]
     pub deepgram_api_key: Option<String>,
     #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    #[educe(Debug(method(crate::settings::redact)))]
     pub openai_api_key: Option<String>,
     #[arg(long, env = "CARTESIA_API_KEY", hide_env_values = true)]
+    #[educe(Debug(method(crate::settings::redact)))]
     pub cartesia_api_key: Option<String>,
     #[arg(long, env = "ELEVENLABS_API_KEY", hide_env_values = true)]
+    #[educe(Debug(method(crate::settings::redact)))]
     pub elevenlabs_api_key: Option<String>,
 
     /// Base URL CXB API reaches this worker at (e.g. `https://fleet1.example.com`), for
@@ -180,6 +187,11 @@ pub enum OutboxOp {
     Discard { id: String },
     /// Depth, oldest age, disk use.
     Stats,
+}
+
+/// Debug output of a secret setting: whether it is set, never its value.
+pub(crate) fn redact(value: &Option<String>, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    f.write_str(if value.is_some() { "<redacted>" } else { "None" })
 }
 
 impl Settings {
@@ -282,7 +294,35 @@ fn host_name() -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
     use super::*;
+
+    /// Every setting whose environment value `--help` hides is a secret: set them all and
+    /// check that none reaches the Debug output (logs, panics).
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let secret_flags: Vec<String> = Settings::command()
+            .get_arguments()
+            .filter(|a| a.is_hide_env_values_set())
+            .filter_map(|a| a.get_long().map(str::to_string))
+            .collect();
+        for expected in ["secret", "s3-secret-access-key", "livekit-api-secret", "twilio-auth-token"] {
+            assert!(secret_flags.iter().any(|f| f == expected), "{expected} is not marked secret: {secret_flags:?}");
+        }
+        let value = |i: usize| format!("sekrit-{i}-value");
+        let mut argv = vec!["cxb-core".to_string()];
+        for (i, flag) in secret_flags.iter().enumerate() {
+            argv.extend([format!("--{flag}"), value(i)]);
+        }
+        let settings = Settings::try_parse_from(&argv).expect("the secret flags parse");
+        let shown = format!("{settings:?}");
+        for (i, flag) in secret_flags.iter().enumerate() {
+            assert!(!shown.contains(&value(i)), "--{flag} shows in {shown}");
+        }
+        assert_eq!(shown.matches("<redacted>").count(), secret_flags.len());
+        assert!(shown.contains("max_concurrent_calls: 500"), "other settings still show: {shown}");
+    }
 
     #[test]
     fn recording_urls_fall_back_to_this_workers_route() {
