@@ -38,7 +38,11 @@ esac
 PY="$TOOLS/venv/bin/python"
 if ! "$PY" -c "import kubernetes_validate, sys; sys.exit(kubernetes_validate.__version__ != '$KUBERNETES_VALIDATE')" 2>/dev/null; then
   echo "validate.sh: installing kubernetes-validate $KUBERNETES_VALIDATE into $TOOLS/venv"
-  python3 -m venv "$TOOLS/venv"
+  # Debian's own python3 needs python3-venv for this.
+  python3 -m venv "$TOOLS/venv" 2>/dev/null || {
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv) >/dev/null
+    python3 -m venv "$TOOLS/venv"
+  }
   "$PY" -m pip install --quiet --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE"
 fi
 
