@@ -2,8 +2,10 @@
 
     python3 deploy/check_proxies.py CERT_PEM
 
-Each file is copied with only its addresses changed (listeners and servers moved to free
-loopback ports; HAProxy keeps its TLS listener, with the test certificate CERT_PEM), started,
+First `haproxy -c` and `nginx -t` on the files as shipped. Then each file is copied with only
+its addresses changed (listeners and servers moved to free loopback ports; HAProxy keeps its TLS
+listener, with the test certificate CERT_PEM, and its process maxconn is lowered to fit a
+sandbox's file limit), started,
 and asked for every route: the telephony WebSocket routes reach the worker, the routes the
 public side must not serve answer 404 without reaching it, HAProxy's `fleet_available` check
 takes a worker with no free slot out and accepts one with 17+, and nginx forwards `Upgrade`
