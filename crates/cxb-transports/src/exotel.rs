@@ -394,6 +394,43 @@ mod tests {
     }
 
     #[test]
+    fn labels_describe_the_url_fixes_the_rate() {
+        // Issue #14: Exotel's own docs and integrations say `base64` / `128kbps`.
+        let start = |mf: Value| {
+            json!({"event":"start","sequence_number":1,"stream_sid":"MZ2","start":{"stream_sid":"MZ2","media_format":mf}})
+                .to_string()
+        };
+        let mut e = Exotel::from_query(&[("sample-rate".into(), "16000".into())]).unwrap();
+        let mf = json!({"encoding":"base64","sample_rate":"8000","bit_rate":"128kbps"});
+        assert_eq!(e.handshake_text(&start(mf)).unwrap(), HandshakeStep::Answered { early_audio: None });
+        assert_eq!(e.wire_rate(), 16000, "the URL fixes the rate; the label only describes it");
+        // A μ-law label means μ-law, both ways.
+        let mut e = Exotel::new();
+        e.handshake_text(&start(json!({"encoding":"audio/x-mulaw;rate=8000"}))).unwrap();
+        assert_eq!(
+            e.on_text(r#"{"event":"media","media":{"payload":"/4A="}}"#).unwrap(),
+            Inbound::Audio(vec![0, 32124])
+        );
+        let mut out = vec![];
+        e.audio(&[0; 160], &mut out);
+        e.utterance_done(&mut out);
+        // 160 μ-law bytes, padded to Exotel's 320-byte multiple with μ-law silence (0xFF).
+        assert_eq!(
+            media::b64_decode("t", texts(&out)[0]["media"]["payload"].as_str().unwrap()).unwrap(),
+            vec![0xFF; 320]
+        );
+        // What cannot be played is refused, naming the field and the value.
+        for (mf, needle) in [
+            (json!({"encoding":"PCMA"}), "start.media_format.encoding \"PCMA\""),
+            (json!({"sample_rate":"44.1kHz"}), "start.media_format.sample_rate 44100"),
+            (json!({"channels":2}), "start.media_format.channels 2"),
+        ] {
+            let err = Exotel::new().handshake_text(&start(mf)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
     fn malformed_handshakes_are_refused_clearly() {
         let mut e = Exotel::new();
         e.handshake_text(r#"{"event":"connected"}"#).unwrap();

@@ -824,6 +824,82 @@ mod tests {
     }
 
     #[test]
+    fn audio_labels_seen_in_the_wild() {
+        let pcm = |rate| AudioLabel::Codec { codec: Codec::Pcm16Le, rate };
+        let mulaw = |rate| AudioLabel::Codec { codec: Codec::Mulaw, rate };
+        let alaw = AudioLabel::Codec { codec: Codec::Alaw, rate: None };
+        for (label, want) in [
+            ("base64", AudioLabel::Unspecified { rate: None }),
+            ("", AudioLabel::Unspecified { rate: None }),
+            ("something-new", AudioLabel::Unspecified { rate: None }),
+            ("audio/x-raw", pcm(None)),
+            ("raw/slin", pcm(None)),
+            ("slin16", pcm(None)),
+            ("audio/x-l16", pcm(None)),
+            ("audio/pcm", pcm(None)),
+            ("audio/L16;rate=16000", pcm(Some(16000))),
+            ("audio/l16; rate=8000; channels=1", pcm(Some(8000))),
+            ("LINEAR", pcm(None)),
+            ("LINEAR16", pcm(None)),
+            ("linear16", pcm(None)),
+            ("pcm_s16le", pcm(None)),
+            ("s16le", pcm(None)),
+            ("audio/x-mulaw", mulaw(None)),
+            ("audio/x-mulaw;rate=8000", mulaw(Some(8000))),
+            ("PCMU", mulaw(None)),
+            ("g711_ulaw", mulaw(None)),
+            ("μ-law", mulaw(None)),
+            ("audio/basic", mulaw(None)),
+            ("PCMA", alaw),
+            ("audio/PCMA", alaw),
+            ("audio/x-alaw", alaw),
+            ("G711_ALAW", alaw),
+        ] {
+            assert_eq!(AudioLabel::parse(label), want, "{label:?}");
+        }
+        for label in [
+            "OPUS",
+            "audio/x-opus",
+            "mp3",
+            "audio/mpeg",
+            "G722",
+            "G729",
+            "AMR-WB",
+            "pcm_f32le",
+            "pcm_s16be",
+            "L24",
+            "pcm_u8",
+        ] {
+            assert_eq!(AudioLabel::parse(label), AudioLabel::Unplayable, "{label:?}");
+        }
+        let err =
+            check_label("exotel", "start", "start.media_format.encoding", "PCMA", &[Codec::Pcm16Le, Codec::Mulaw])
+                .unwrap_err()
+                .to_string();
+        assert_eq!(
+            err,
+            "handshake: exotel start: start.media_format.encoding \"PCMA\" cannot be played (this route plays 16-bit PCM or μ-law)"
+        );
+    }
+
+    #[test]
+    fn lenient_numbers_rates_and_params() {
+        let j = Json::parse(
+            "t",
+            r#"{"event":"start","a":8000.0,"b":"16kHz","c":8000,"d":"x","e":[{"name":"k","value":1}],"f":"{\"k\":2}","g":7}"#,
+        )
+        .unwrap();
+        assert_eq!(j.opt_num("a").unwrap(), Some(8000));
+        assert_eq!((j.opt_rate("b").unwrap(), j.opt_rate("c").unwrap()), (Some(16000), Some(8000)));
+        assert!(j.opt_rate("d").unwrap_err().to_string().contains("sample rate"));
+        assert_eq!(j.params("e").unwrap()["k"], 1);
+        assert_eq!(j.params("f").unwrap()["k"], 2);
+        assert!(j.params("g").unwrap().is_empty());
+        assert_eq!(j.opt_scalar("g").unwrap().as_deref(), Some("7"));
+        assert!(j.opt_scalar("e").is_err());
+    }
+
+    #[test]
     fn helpers() {
         assert_eq!(basic_auth("AC1", "tok"), "Basic QUMxOnRvaw==");
         assert_eq!(join_url("http://x/twilio/", "/2010-04-01/A"), "http://x/twilio/2010-04-01/A");
