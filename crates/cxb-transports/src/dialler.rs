@@ -289,6 +289,31 @@ mod tests {
     }
 
     #[test]
+    fn start_labels_describe_and_refusals_name_the_field() {
+        let start = |mf: &str| {
+            let mut d = Dialler::new();
+            d.handshake_text(r#"{"event":"connected","streamId":"s"}"#).unwrap();
+            d.handshake_text(&format!(r#"{{"event":"start","mediaFormat":{mf}}}"#)).map(|_| d.meta().sample_rate)
+        };
+        for (mf, rate) in [
+            (r#"{"encoding":"pcm_s16le","sampleRate":"16000"}"#, 16000),
+            (r#"{"encoding":"base64","sampleRate":8000.0,"channels":"1"}"#, 8000),
+            (r#"{"encoding":"audio/L16;rate=16000"}"#, 16000),
+            (r#"{"encoding":"LINEAR16","sample_rate":"8kHz","bitsPerSample":16}"#, 8000),
+        ] {
+            assert_eq!(start(mf).unwrap(), rate, "{mf}");
+        }
+        for (mf, needle) in [
+            (r#"{"encoding":"PCMU"}"#, r#"mediaFormat.encoding "PCMU" cannot be played"#),
+            (r#"{"sampleRate":44100}"#, "mediaFormat.sampleRate 44100 cannot be played"),
+            (r#"{"channels":2}"#, "mediaFormat.channels 2 cannot be played"),
+        ] {
+            let err = start(mf).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
     fn first_media_stands_in_for_a_missing_answer() {
         let mut d = Dialler::new();
         d.handshake_text(r#"{"event":"connected","streamId":"s"}"#).unwrap();

@@ -182,6 +182,14 @@ impl Json {
         dtmf_digit(self.proto, &self.req_scalar(path)?)
     }
 
+    /// A rate at `path`, when given, must be one of `allowed` (`why` says what the route streams).
+    pub fn check_rate(&self, path: &str, allowed: &[u32], why: &str) -> Result<Option<u32>, ProtocolError> {
+        match self.opt_rate(path)? {
+            Some(r) if !allowed.contains(&r) => Err(unplayable(self.proto, &self.event, path, r, why)),
+            r => Ok(r),
+        }
+    }
+
     /// `channels`, when given, must be 1.
     pub fn check_mono(&self, path: &str) -> Result<(), ProtocolError> {
         match self.opt_num(path)? {

@@ -94,15 +94,7 @@ impl Telnyx {
         // RTP payloads of the call's G.711 codec: Telnyx labels it `PCMU`/`PCMA` (its AsyncAPI
         // page) or `audio/x-mulaw` (its call-control API description).
         let (codec, _) = j.codec_label("start.media_format.encoding", &[Codec::Mulaw, Codec::Alaw])?;
-        if let Some(r) = j.opt_rate("start.media_format.sample_rate")?.filter(|r| *r != 8000) {
-            return Err(media::unplayable(
-                PROTO,
-                &j.event,
-                "start.media_format.sample_rate",
-                r,
-                "G.711 runs at 8000 Hz",
-            ));
-        }
+        j.check_rate("start.media_format.sample_rate", &[8000], "G.711 runs at 8000 Hz")?;
         j.check_mono("start.media_format.channels")?;
         self.audio = WireAudio::new(codec, 8000);
         let direction = j.opt_str("start.direction")?.map(media::direction).unwrap_or_else(|| "incoming".into());

@@ -105,15 +105,7 @@ impl Twilio {
         self.account_sid = j.first_str(&["start.accountSid", "start.account_sid"])?.unwrap_or_default();
         // Twilio streams μ-law at 8 kHz, always; `mediaFormat` describes it.
         j.codec_label("start.mediaFormat.encoding", &[Codec::Mulaw])?;
-        if let Some(r) = j.opt_rate("start.mediaFormat.sampleRate")?.filter(|r| *r != 8000) {
-            return Err(media::unplayable(
-                PROTO,
-                &j.event,
-                "start.mediaFormat.sampleRate",
-                r,
-                "Twilio streams at 8000 Hz",
-            ));
-        }
+        j.check_rate("start.mediaFormat.sampleRate", &[8000], "Twilio streams at 8000 Hz")?;
         j.check_mono("start.mediaFormat.channels")?;
         let custom = j.params("start.customParameters")?;
         let caller = media::first_of(&custom, &["From", "caller_id", "callerId", "caller"]).unwrap_or_default();

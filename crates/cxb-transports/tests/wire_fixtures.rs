@@ -117,6 +117,23 @@ fn assert_rest_hangup(doc: &Value, out: &[OutFrame], base: &str, fill: &[(&str, 
     assert!(req.headers.iter().any(|(k, v)| k == "Authorization" && v.starts_with(scheme)), "{req:?}");
 }
 
+/// `in-connected.json`, then the `start` fixture: the call is answered.
+fn connected_then_started<T: Transport>(mut t: T, proto: &str, start: &str) -> T {
+    assert_eq!(t.handshake_text(&text(proto, "in-connected.json")).unwrap(), HandshakeStep::Continue);
+    assert_eq!(t.handshake_text(&text(proto, start)).unwrap(), ANSWERED, "{proto}/{start}");
+    t
+}
+
+/// The frame an `out-*` fixture documents was sent in that shape: a text frame of the same kind,
+/// or (no `event`) the REST hang-up at `base` with `fill` for the path's placeholders.
+fn assert_documented(proto: &str, name: &str, out: &[OutFrame], base: &str, fill: &[(&str, &str)]) {
+    let doc = json(proto, name);
+    match doc["event"].as_str() {
+        Some(kind) => assert_shape(&doc, &sent(out, kind), name),
+        None => assert_rest_hangup(&doc, out, base, fill),
+    }
+}
+
 /// Bot audio, end of utterance, barge-in and hang-up, as one call would send them.
 fn drive_outbound(t: &mut dyn Transport, frame_samples: usize) -> Vec<OutFrame> {
     let mut out = vec![];
@@ -187,10 +204,7 @@ fn dialler_fixtures() {
 
 fn exotel(query: &[(&str, &str)], start: &str) -> Exotel {
     let pairs: Vec<(String, String)> = query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let mut e = Exotel::from_query(&pairs).unwrap();
-    assert_eq!(e.handshake_text(&text("exotel", "in-connected.json")).unwrap(), HandshakeStep::Continue);
-    assert_eq!(e.handshake_text(&text("exotel", start)).unwrap(), ANSWERED, "{start}");
-    e
+    connected_then_started(Exotel::from_query(&pairs).unwrap(), "exotel", start)
 }
 
 #[test]
@@ -266,10 +280,7 @@ fn exotel_fixtures() {
 }
 
 fn twilio(start: &str, creds: TwilioConfig) -> Twilio {
-    let mut t = Twilio::new(creds);
-    assert_eq!(t.handshake_text(&text("twilio", "in-connected.json")).unwrap(), HandshakeStep::Continue);
-    assert_eq!(t.handshake_text(&text("twilio", start)).unwrap(), ANSWERED, "{start}");
-    t
+    connected_then_started(Twilio::new(creds), "twilio", start)
 }
 
 #[test]
@@ -304,16 +315,13 @@ fn twilio_fixtures() {
             "out-media.json" | "out-mark.json" | "out-clear.json" | "out-hangup-rest.json" => {
                 let creds = TwilioConfig { auth_token: Some("tok".into()), ..Default::default() };
                 let out = drive_outbound(&mut twilio("in-start.json", creds), 160);
-                let doc = json(P, n);
-                match doc["event"].as_str() {
-                    Some(ev) => assert_shape(&doc, &sent(&out, ev), n),
-                    None => assert_rest_hangup(
-                        &doc,
-                        &out,
-                        "https://api.twilio.com",
-                        &[("AccountSid", "AC1234"), ("CallSid", "CA5678")],
-                    ),
-                }
+                assert_documented(
+                    P,
+                    n,
+                    &out,
+                    "https://api.twilio.com",
+                    &[("AccountSid", "AC1234"), ("CallSid", "CA5678")],
+                );
             }
             _ => no_expectation(P, n),
         }
@@ -321,10 +329,7 @@ fn twilio_fixtures() {
 }
 
 fn telnyx(start: &str, creds: TelnyxConfig) -> Telnyx {
-    let mut t = Telnyx::new(creds);
-    assert_eq!(t.handshake_text(&text("telnyx", "in-connected.json")).unwrap(), HandshakeStep::Continue);
-    assert_eq!(t.handshake_text(&text("telnyx", start)).unwrap(), ANSWERED, "{start}");
-    t
+    connected_then_started(Telnyx::new(creds), "telnyx", start)
 }
 
 #[test]
@@ -372,16 +377,13 @@ fn telnyx_fixtures() {
             "out-media.json" | "out-mark.json" | "out-clear.json" | "out-hangup-rest.json" => {
                 let creds = TelnyxConfig { api_key: Some("KEY".into()), api_base: None };
                 let out = drive_outbound(&mut telnyx("in-start-api-mulaw.json", creds), 160);
-                let doc = json(P, n);
-                match doc["event"].as_str() {
-                    Some(ev) => assert_shape(&doc, &sent(&out, ev), n),
-                    None => assert_rest_hangup(
-                        &doc,
-                        &out,
-                        "https://api.telnyx.com",
-                        &[("call_control_id", "v3:MdI91X4lWFEs7IgbBEOT9M4AigoY08M0WWZFISt1Yw2axZ_IiE4pqg")],
-                    ),
-                }
+                assert_documented(
+                    P,
+                    n,
+                    &out,
+                    "https://api.telnyx.com",
+                    &[("call_control_id", "v3:MdI91X4lWFEs7IgbBEOT9M4AigoY08M0WWZFISt1Yw2axZ_IiE4pqg")],
+                );
             }
             _ => no_expectation(P, n),
         }
@@ -432,16 +434,13 @@ fn plivo_fixtures() {
             "out-play-audio.json" | "out-checkpoint.json" | "out-clear-audio.json" | "out-hangup-rest.json" => {
                 let creds = PlivoConfig { auth_id: Some("MA1".into()), auth_token: Some("t".into()), api_base: None };
                 let out = drive_outbound(&mut plivo("in-start.json", creds), 160);
-                let doc = json(P, n);
-                match doc["event"].as_str() {
-                    Some(ev) => assert_shape(&doc, &sent(&out, ev), n),
-                    None => assert_rest_hangup(
-                        &doc,
-                        &out,
-                        "https://api.plivo.com",
-                        &[("auth_id", "MA1"), ("call_id", "8b1c6c3a-2f67-4d9e-9c2b-1e1a5f0d7b11")],
-                    ),
-                }
+                assert_documented(
+                    P,
+                    n,
+                    &out,
+                    "https://api.plivo.com",
+                    &[("auth_id", "MA1"), ("call_id", "8b1c6c3a-2f67-4d9e-9c2b-1e1a5f0d7b11")],
+                );
             }
             _ => no_expectation(P, n),
         }
