@@ -46,7 +46,7 @@ pub fn parse_sample_rate(label: &str) -> Option<u32> {
         return None;
     }
     let hz = number.parse::<f64>().ok()? * scale;
-    (hz >= 1.0 && hz <= 1_000_000.0 && hz.fract() == 0.0).then_some(hz as u32)
+    ((1.0..=1_000_000.0).contains(&hz) && hz.fract() == 0.0).then_some(hz as u32)
 }
 
 #[cfg(test)]
