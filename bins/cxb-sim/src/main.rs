@@ -101,7 +101,8 @@ struct DialArgs {
     /// Wire sample rate (default per protocol: 8000; Vonage 16000).
     #[arg(long)]
     sample_rate: Option<u32>,
-    /// Telnyx: PCMU | PCMA. Plivo: mulaw | l16.
+    /// Telnyx: PCMU | PCMA. Plivo: mulaw | l16. Exotel: the `media_format.encoding` label of
+    /// `start` (default base64), or a JSON object for the whole `media_format`.
     #[arg(long)]
     encoding: Option<String>,
 }
