@@ -13,7 +13,7 @@ use cxb_providers::llm::{LlmEvent, LlmParams, LlmStream};
 use cxb_providers::stt::{self, SttEvent, SttHandle};
 use cxb_providers::tts::{self, TtsEvent, TtsHandle};
 use cxb_transports::{CallMeta, HandshakeStep, Inbound, ProtocolError, Transport};
-use cxb_wire::llm::ChatRequest;
+use cxb_wire::llm::{ChatRequest, ToolSpec};
 use cxb_wire::result::{CallEvent, DisconnectedBy};
 use cxb_wire::BotConfig;
 use futures_util::StreamExt;
@@ -570,8 +570,7 @@ pub(crate) fn engine_config(cfg: &BotConfig, rate: u32, transport: &str) -> Engi
     if let Some(t) = millis(cfg.filler.after_ms, 30_000) {
         e.filler_after = t;
     }
-    let flux = cfg.stt.model.as_deref().is_some_and(|m| m.starts_with("flux")) || cfg.stt.provider == "deepgram_flux";
-    if flux || cfg.turn.mode.as_deref() == Some("stt") {
+    if providers::stt_detects_turns(cfg) || cfg.turn.mode.as_deref() == Some("stt") {
         // The STT's own end-of-turn event closes the turn; VAD silence only bounds the wait.
         e.stt_final_wait = Duration::from_secs(3);
     }
@@ -675,7 +674,7 @@ impl<L: CallLink> Driver<'_, L> {
         info!(
             stt = %stt_params.provider,
             stt_model = %stt_params.model,
-            stt_turns = stt::detects_turns(&stt_params),
+            stt_turns = providers::stt_detects_turns(&self.cfg),
             tts = %tts_params.provider,
             "connecting providers"
         );
@@ -990,7 +989,7 @@ impl<L: CallLink> Driver<'_, L> {
                     let req = ChatRequest {
                         model: self.cfg.llm.model.clone(),
                         messages,
-                        tools,
+                        tools: tools.iter().filter_map(ToolSpec::from_openai_json).collect(),
                         temperature: self.cfg.llm.temperature,
                         max_tokens: self.cfg.llm.max_tokens,
                         extra: self.cfg.llm.extra.clone(),

@@ -5,12 +5,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use cxb_providers::registry::{self, ProviderKeys};
 
 /// cxb-core: the fleet worker of a contact-centre voice-AI platform.
 ///
 /// Every setting can be given as a flag or as the environment variable shown.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "cxb-core", version, about, long_about = None)]
+#[command(name = "cxb-core", version, about, long_about = None, after_help = registry::keys_help())]
 pub struct Settings {
     /// Address to listen on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
@@ -86,15 +87,10 @@ pub struct Settings {
     #[arg(long, env = "CXBCORE_RUNTIME_THREADS", default_value_t = 0)]
     pub runtime_threads: usize,
 
-    /// Fallback API keys when a bot config's provider block has none.
-    #[arg(long, env = "DEEPGRAM_API_KEY", hide_env_values = true)]
-    pub deepgram_api_key: Option<String>,
-    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
-    pub openai_api_key: Option<String>,
-    #[arg(long, env = "CARTESIA_API_KEY", hide_env_values = true)]
-    pub cartesia_api_key: Option<String>,
-    #[arg(long, env = "ELEVENLABS_API_KEY", hide_env_values = true)]
-    pub elevenlabs_api_key: Option<String>,
+    /// Fallback API keys when a bot config's provider block has none: every vendor's
+    /// `<VENDOR>_API_KEY` variable (listed at the end of `--help`), read by [`Self::resolve_aliases`].
+    #[arg(skip)]
+    pub provider_keys: ProviderKeys,
 
     /// Seconds to let live calls finish after SIGTERM before exiting.
     #[arg(long, env = "CXBCORE_DRAIN_SECS", default_value_t = 30)]
@@ -177,8 +173,10 @@ pub enum OutboxOp {
 }
 
 impl Settings {
-    /// `CONFIG_URL` is the documented alias of `CXB_API_CONFIG_URL`.
+    /// What the flags do not read: `CONFIG_URL` (the documented alias of `CXB_API_CONFIG_URL`)
+    /// and the provider API keys (the variables the provider registry names).
     pub fn resolve_aliases(mut self) -> Self {
+        self.provider_keys = ProviderKeys::from_env();
         if self.config_url.is_none() {
             self.config_url = std::env::var("CONFIG_URL").ok().filter(|s| !s.trim().is_empty());
         }
@@ -234,5 +232,23 @@ impl Settings {
         s.listen_addr = "127.0.0.1:0".parse().expect("static addr");
         s.data_dir = data_dir;
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn help_lists_the_provider_key_variables_and_debug_hides_their_values() {
+        let help = Settings::command().render_long_help().to_string();
+        for name in ["DEEPGRAM_API_KEY", "OPENAI_API_KEY", "CARTESIA_API_KEY", "ELEVENLABS_API_KEY"] {
+            assert!(help.contains(name), "{name} in --help");
+        }
+        let mut s = Settings::for_tests(PathBuf::from("data"));
+        s.provider_keys = ProviderKeys::from_lookup(|n| (n == "OPENAI_API_KEY").then(|| "sk-SECRET".to_string()));
+        let debug = format!("{s:?}");
+        assert!(debug.contains("OPENAI_API_KEY") && !debug.contains("sk-SECRET"), "{debug}");
     }
 }

@@ -100,7 +100,8 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
-    const NONE: Capabilities = Capabilities {
+    /// Nothing: descriptors start from this and set what they have.
+    pub const NONE: Capabilities = Capabilities {
         sample_rates: &[],
         word_timings: false,
         contexts: false,
