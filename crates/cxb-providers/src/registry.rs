@@ -155,6 +155,19 @@ impl Vendor {
         }
     }
 
+    /// Say so when a stream is opened at a rate the vendor does not list: it may reject the
+    /// stream or resample on its side, and the operator should know which rate to expect.
+    pub(crate) fn warn_unless_native(&self, sample_rate: u32) {
+        if !self.caps.serves_rate(sample_rate) {
+            tracing::warn!(
+                provider = self.name,
+                sample_rate,
+                native = ?self.caps.sample_rates,
+                "sample rate not among the vendor's listed rates"
+            );
+        }
+    }
+
     fn answers_to(&self, name: &str) -> bool {
         self.name.eq_ignore_ascii_case(name) || self.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
     }

@@ -104,7 +104,9 @@ impl SttHandle {
 /// Open a streaming STT session with the vendor the registry resolves `params.provider` (and,
 /// for Deepgram, `params.model`: a `flux-*` model opens the turn-detecting v2 stream) to.
 pub async fn connect(params: &SttParams) -> Result<(SttHandle, mpsc::Receiver<SttEvent>), ProviderError> {
-    match registry::resolve(Kind::Stt, &params.provider, &params.model)?.client {
+    let vendor = registry::resolve(Kind::Stt, &params.provider, &params.model)?;
+    vendor.warn_unless_native(params.sample_rate);
+    match vendor.client {
         Client::Stt(connect) => connect(params).await,
         Client::Llm(_) | Client::Tts(_) => unreachable!("resolve(Kind::Stt, ..) yields STT vendors"),
     }

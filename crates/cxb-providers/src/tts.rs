@@ -125,7 +125,9 @@ impl TtsHandle {
 
 /// Open a TTS session for one call with the vendor the registry resolves `params.provider` to.
 pub async fn connect(params: &TtsParams) -> Result<(TtsHandle, mpsc::Receiver<TtsEvent>), ProviderError> {
-    match registry::resolve(Kind::Tts, &params.provider, &params.model)?.client {
+    let vendor = registry::resolve(Kind::Tts, &params.provider, &params.model)?;
+    vendor.warn_unless_native(params.sample_rate);
+    match vendor.client {
         Client::Tts(connect) => connect(params).await,
         Client::Stt(_) | Client::Llm(_) => unreachable!("resolve(Kind::Tts, ..) yields TTS vendors"),
     }
