@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use cxb_providers::registry::{self, ProviderKeys};
 use educe::Educe;
 
 /// cxb-core: the fleet worker of a contact-centre voice-AI platform.
@@ -12,7 +13,7 @@ use educe::Educe;
 /// Every setting can be given as a flag or as the environment variable shown.
 #[derive(Educe, Clone, Parser)]
 #[educe(Debug)]
-#[command(name = "cxb-core", version, about, long_about = None)]
+#[command(name = "cxb-core", version, about, long_about = None, after_help = registry::keys_help())]
 pub struct Settings {
     /// Address to listen on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
@@ -89,19 +90,10 @@ pub struct Settings {
     #[arg(long, env = "CXBCORE_RUNTIME_THREADS", default_value_t = 0)]
     pub runtime_threads: usize,
 
-    /// Fallback API keys when a bot config's provider block has none.
-    #[arg(long, env = "DEEPGRAM_API_KEY", hide_env_values = true)]
-    #[educe(Debug(method(crate::settings::redact)))]
-    pub deepgram_api_key: Option<String>,
-    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
-    #[educe(Debug(method(crate::settings::redact)))]
-    pub openai_api_key: Option<String>,
-    #[arg(long, env = "CARTESIA_API_KEY", hide_env_values = true)]
-    #[educe(Debug(method(crate::settings::redact)))]
-    pub cartesia_api_key: Option<String>,
-    #[arg(long, env = "ELEVENLABS_API_KEY", hide_env_values = true)]
-    #[educe(Debug(method(crate::settings::redact)))]
-    pub elevenlabs_api_key: Option<String>,
+    /// Fallback API keys when a bot config's provider block has none: every vendor's
+    /// `<VENDOR>_API_KEY` variable (listed at the end of `--help`), read by [`Self::resolve_aliases`].
+    #[arg(skip)]
+    pub provider_keys: ProviderKeys,
 
     /// Base URL CXB API reaches this worker at (e.g. `https://fleet1.example.com`), for
     /// `recording_url` when no bucket or public URL gives one: `{base}/recordings/{key}`.
@@ -219,8 +211,10 @@ impl Settings {
         })
     }
 
-    /// `CONFIG_URL` is the documented alias of `CXB_API_CONFIG_URL`.
+    /// What the flags do not read: `CONFIG_URL` (the documented alias of `CXB_API_CONFIG_URL`)
+    /// and the provider API keys (the variables the provider registry names).
     pub fn resolve_aliases(mut self) -> Self {
+        self.provider_keys = ProviderKeys::from_env();
         if self.config_url.is_none() {
             self.config_url = std::env::var("CONFIG_URL").ok().filter(|s| !s.trim().is_empty());
         }
@@ -350,5 +344,17 @@ mod tests {
         let url = s.public_url.unwrap();
         assert!(url.starts_with("http://") && url.ends_with(":8080"), "{url}");
         assert!(!url.contains("0.0.0.0"), "{url}");
+    }
+
+    #[test]
+    fn help_lists_the_provider_key_variables_and_debug_hides_their_values() {
+        let help = Settings::command().render_long_help().to_string();
+        for name in ["DEEPGRAM_API_KEY", "OPENAI_API_KEY", "CARTESIA_API_KEY", "ELEVENLABS_API_KEY"] {
+            assert!(help.contains(name), "{name} in --help");
+        }
+        let mut s = Settings::for_tests(PathBuf::from("data"));
+        s.provider_keys = ProviderKeys::from_lookup(|n| (n == "OPENAI_API_KEY").then(|| "sk-SECRET".to_string()));
+        let debug = format!("{s:?}");
+        assert!(debug.contains("OPENAI_API_KEY") && !debug.contains("sk-SECRET"), "{debug}");
     }
 }

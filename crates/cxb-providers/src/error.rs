@@ -16,8 +16,9 @@ pub enum ProviderError {
     Remote { provider: &'static str, detail: String },
     #[error("{provider}: input backlog full; the provider is not keeping up")]
     Backlog { provider: &'static str },
-    #[error("unsupported provider {0:?}")]
-    Unsupported(String),
+    /// A bot config names a provider the registry does not know (a config error).
+    #[error("{}.provider {name:?} is not a known {kind} provider; known: {}", kind.block(), crate::registry::known_names(*kind))]
+    UnknownProvider { kind: crate::registry::Kind, name: String },
 }
 
 impl ProviderError {
@@ -31,7 +32,7 @@ impl ProviderError {
             | Self::Closed { provider, .. }
             | Self::Remote { provider, .. }
             | Self::Backlog { provider } => provider,
-            Self::Unsupported(_) => "unknown",
+            Self::UnknownProvider { .. } => "unknown",
         }
     }
 }

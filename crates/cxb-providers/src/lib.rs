@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod llm;
+pub mod registry;
 pub mod stt;
 pub mod stt_flux;
 pub mod tts;
@@ -13,5 +14,6 @@ pub use error::ProviderError;
 mod llm_openai;
 mod stt_deepgram;
 mod tts_cartesia;
+mod tts_context;
 mod tts_elevenlabs;
 mod ws;

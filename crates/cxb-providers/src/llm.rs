@@ -1,4 +1,5 @@
-//! Streaming chat completions. API (implementation: OpenAI-compatible SSE, wire-protocols §4).
+//! Streaming chat completions. API (vendors: [`crate::registry`]; OpenAI-compatible SSE,
+//! wire-protocols §4).
 //!
 //! ```text
 //! let client = LlmClient::new(LlmClientConfig { .. });   // shared across calls (connection pool)
@@ -11,12 +12,13 @@ use std::time::Duration;
 use cxb_wire::llm::{ChatRequest, ToolCall, Usage};
 use tokio::sync::mpsc;
 
+use crate::registry::{self, Client, Kind, Vendor};
 use crate::ProviderError;
 
 /// Per-call resolved parameters from the bot config's `llm` block.
 #[derive(Debug, Clone)]
 pub struct LlmParams {
-    /// `openai` (any OpenAI-compatible endpoint).
+    /// An LLM vendor name or alias of the registry (`openai`: any OpenAI-compatible endpoint).
     pub provider: String,
     /// API root, e.g. `https://api.openai.com/v1` (the client adds `/chat/completions`).
     pub base_url: String,
@@ -60,13 +62,21 @@ impl LlmClient {
         Self { http }
     }
 
-    /// Start one streaming request. The returned stream aborts the request when dropped.
-    pub fn stream(&self, params: &LlmParams, request: ChatRequest) -> LlmStream {
+    /// Start one streaming request with the vendor the registry resolves `params.provider` to
+    /// (an unknown one yields a single `Error`). A request without a model gets the vendor's
+    /// default. The returned stream aborts the request when dropped.
+    pub fn stream(&self, params: &LlmParams, mut request: ChatRequest) -> LlmStream {
         let (tx, rx) = mpsc::channel(256);
-        let task = match params.provider.as_str() {
-            "openai" => tokio::spawn(crate::llm_openai::run(self.http.clone(), params.clone(), request, tx)),
-            other => {
-                let _ = tx.try_send(LlmEvent::Error(ProviderError::Unsupported(other.to_string())));
+        let task = match registry::resolve(Kind::Llm, &params.provider, &request.model) {
+            Ok(Vendor { client: Client::Llm(run), default_model, .. }) => {
+                if request.model.trim().is_empty() {
+                    request.model = default_model.to_string();
+                }
+                tokio::spawn(run(self.http.clone(), params.clone(), request, tx))
+            }
+            Ok(_) => unreachable!("resolve(Kind::Llm, ..) yields LLM vendors"),
+            Err(e) => {
+                let _ = tx.try_send(LlmEvent::Error(e));
                 tokio::spawn(async {})
             }
         };

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use cxb_wire::llm::{ChatMessage, ChatRequest, ToolCall, Usage};
+use cxb_wire::llm::{ChatMessage, ChatRequest, ResponseFormat, ToolCall, ToolSpec, Usage};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
@@ -15,7 +15,7 @@ use crate::llm::{LlmEvent, LlmParams};
 use crate::ws::{truncate, MAX_ERROR_BODY};
 use crate::ProviderError;
 
-const PROVIDER: &str = "openai";
+const PROVIDER: &str = crate::registry::OPENAI.name;
 /// A voice turn is a few hundred tokens; megabytes mean a runaway or broken server.
 const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 /// One SSE line carries one JSON chunk; nothing legitimate comes near this.
@@ -128,8 +128,11 @@ pub(crate) fn request_body(req: &ChatRequest) -> Value {
     body.insert("stream_options".into(), json!({ "include_usage": true }));
     body.insert("messages".into(), Value::Array(req.messages.iter().map(message_json).collect()));
     if !req.tools.is_empty() {
-        body.insert("tools".into(), Value::Array(req.tools.clone()));
+        body.insert("tools".into(), Value::Array(req.tools.iter().map(ToolSpec::to_openai_json).collect()));
         body.insert("tool_choice".into(), json!("auto"));
+    }
+    if let Some(format) = response_format(&req.response) {
+        body.insert("response_format".into(), format);
     }
     if let Some(t) = req.temperature {
         body.insert("temperature".into(), json!(f32_to_f64(t)));
@@ -141,6 +144,19 @@ pub(crate) fn request_body(req: &ChatRequest) -> Value {
         body.insert(key.clone(), value.clone());
     }
     Value::Object(body)
+}
+
+/// `response_format` (platform.openai.com/docs/guides/structured-outputs): JSON mode, or
+/// Structured Outputs when a schema is given. Not `strict`: a schema from a bot's prompt need
+/// not meet strict mode's subset of JSON Schema. Text is the default and is not sent.
+fn response_format(format: &ResponseFormat) -> Option<Value> {
+    match format {
+        ResponseFormat::Text => None,
+        ResponseFormat::Json { schema: None } => Some(json!({"type": "json_object"})),
+        ResponseFormat::Json { schema: Some(schema) } => {
+            Some(json!({"type": "json_schema", "json_schema": {"name": "response", "schema": schema}}))
+        }
+    }
 }
 
 /// `0.3f32 as f64` is 0.30000001192…; go through the shortest decimal form instead.
@@ -498,7 +514,25 @@ mod tests {
         let body = request_body(&req);
         assert_eq!(body["temperature"], json!(0.3));
         assert!(body.get("tools").is_none() && body.get("tool_choice").is_none());
+        assert!(body.get("response_format").is_none(), "text is the default");
         assert!(body["messages"][0].get("content").is_none());
         assert_eq!(body["messages"][0]["tool_calls"][0]["function"]["name"], "end_call");
+    }
+
+    #[test]
+    fn json_output_renders_response_format() {
+        let json_mode = ChatRequest { response: ResponseFormat::Json { schema: None }, ..Default::default() };
+        assert_eq!(request_body(&json_mode)["response_format"], json!({"type": "json_object"}));
+        let schema = json!({"type": "object", "properties": {"DISPOSITION": {"type": "string"}}});
+        let structured =
+            ChatRequest { response: ResponseFormat::Json { schema: Some(schema.clone()) }, ..Default::default() };
+        assert_eq!(
+            request_body(&structured)["response_format"],
+            json!({"type": "json_schema", "json_schema": {"name": "response", "schema": schema}})
+        );
+        // A vendor parameter in `extra` still has the last word.
+        let mut overridden = json_mode.clone();
+        overridden.extra.insert("response_format".into(), json!({"type": "text"}));
+        assert_eq!(request_body(&overridden)["response_format"], json!({"type": "text"}));
     }
 }

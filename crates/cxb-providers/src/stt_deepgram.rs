@@ -17,7 +17,7 @@ use crate::stt::{SttCommand, SttEvent, SttHandle, SttParams, Transcript};
 use crate::ws::{self, WsStream};
 use crate::ProviderError;
 
-const PROVIDER: &str = "deepgram";
+const PROVIDER: &str = crate::registry::DEEPGRAM.name;
 const COMMAND_QUEUE: usize = 512;
 const EVENT_QUEUE: usize = 256;
 

@@ -36,16 +36,19 @@ pub struct Usage {
     pub cache_write_tokens: u64,
 }
 
-/// A streaming chat request. `tools` are OpenAI function-tool JSON objects
-/// (`{"type":"function","function":{...}}`).
+/// A streaming chat request in no vendor's format; each LLM client renders it for its API.
 #[derive(Debug, Clone, Default)]
 pub struct ChatRequest {
+    /// Empty: the vendor's default model (the provider registry's).
     pub model: String,
     pub messages: Vec<ChatMessage>,
-    pub tools: Vec<serde_json::Value>,
+    /// Functions the model may call (bot configs write them in OpenAI's shape: read them with
+    /// [`ToolSpec::from_openai_json`]).
+    pub tools: Vec<ToolSpec>,
     pub temperature: Option<f32>,
     pub max_tokens: Option<u32>,
-    /// Extra provider parameters merged into the body (top_p, presence_penalty, ...).
+    /// Vendor-specific parameters merged into the request body as they are (top_p,
+    /// presence_penalty, prompt_cache_key, ...): the bot's `llm.extra` speaks its vendor's API.
     pub extra: serde_json::Map<String, serde_json::Value>,
     /// Plain text, or JSON output (post-call analysis): each client renders it in its vendor's
     /// way (OpenAI `response_format`, Gemini `responseMimeType`/`responseSchema`, Anthropic by

@@ -10,7 +10,7 @@ use cxb_engine::{Action, Conversation, Input, Service};
 use cxb_providers::llm::{LlmEvent, LlmParams, LlmStream};
 use cxb_providers::stt::{SttEvent, SttHandle};
 use cxb_providers::tts::{TtsEvent, TtsHandle};
-use cxb_wire::llm::ChatRequest;
+use cxb_wire::llm::{ChatRequest, ToolSpec};
 use cxb_wire::result::{CallEvent, DisconnectedBy};
 use cxb_wire::BotConfig;
 use serde_json::json;
@@ -284,7 +284,7 @@ impl<L: CallLink> Driver<'_, L> {
                 let req = ChatRequest {
                     model: self.cfg.llm.model.clone(),
                     messages,
-                    tools,
+                    tools: tools.iter().filter_map(ToolSpec::from_openai_json).collect(),
                     temperature: self.cfg.llm.temperature,
                     max_tokens: self.cfg.llm.max_tokens,
                     extra: self.cfg.llm.extra.clone(),

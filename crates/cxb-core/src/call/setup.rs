@@ -127,7 +127,7 @@ impl<'a, L: CallLink> Driver<'a, L> {
         info!(
             stt = %stt_params.provider,
             stt_model = %stt_params.model,
-            stt_turns = stt::detects_turns(&stt_params),
+            stt_turns = providers::stt_detects_turns(&self.cfg),
             tts = %tts_params.provider,
             "connecting providers"
         );
@@ -205,8 +205,7 @@ pub(crate) fn engine_config(cfg: &BotConfig, rate: u32, transport: &str) -> Engi
     if let Some(t) = millis(cfg.filler.after_ms, 30_000) {
         e.filler_after = t;
     }
-    let flux = cfg.stt.model.as_deref().is_some_and(|m| m.starts_with("flux")) || cfg.stt.provider == "deepgram_flux";
-    if flux || cfg.turn.mode.as_deref() == Some("stt") {
+    if providers::stt_detects_turns(cfg) || cfg.turn.mode.as_deref() == Some("stt") {
         // The STT's own end-of-turn event closes the turn; VAD silence only bounds the wait.
         e.stt_final_wait = Duration::from_secs(3);
     }
