@@ -290,6 +290,9 @@ pub enum Input {
     TurnPrediction {
         complete: bool,
     },
+    /// The worker is stopping and cannot wait for the call's natural end (drain deadline): end
+    /// it now as `error`, hanging up, with a `worker_shutdown` event.
+    Shutdown,
 }
 
 /// What the driver must do.
@@ -640,6 +643,10 @@ impl Conversation {
             Input::Dtmf { digits } => self.on_dtmf(now, digits),
             Input::TransferResult { ok, error } => self.on_transfer_result(now, ok, error),
             Input::TurnPrediction { complete } => self.on_turn_prediction(now, complete),
+            Input::Shutdown => {
+                self.record.event("worker_shutdown", now, json!({}));
+                self.end(now, DisconnectedBy::Error, true);
+            }
             Input::PlaybackConfirmed { utterance } => {
                 if let Some(u) = self.utterance_mut(utterance) {
                     u.confirmed = true;
