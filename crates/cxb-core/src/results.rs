@@ -92,12 +92,7 @@ pub fn build_payload(s: &CallSummary, record: Option<&CallRecord>, extra_events:
                 interrupted: l.interrupted,
             })
             .collect();
-        events.extend(r.events.iter().map(|e| CallEvent {
-            kind: e.kind.to_string(),
-            timestamp: rfc3339(s.started_at, e.at),
-            offset_seconds: round3(e.at.as_secs_f64()),
-            data: strip_nulls(e.data.clone()),
-        }));
+        events.extend(r.events.iter().map(|e| engine_event(s.started_at, e)));
         if !r.latency.is_empty() {
             latency_samples = Some(
                 r.latency
@@ -158,6 +153,30 @@ pub fn build_payload(s: &CallSummary, record: Option<&CallRecord>, extra_events:
     payload.intents = intents_from_events(&payload.events);
     apply_transfer_state(&mut payload);
     payload
+}
+
+/// An event the worker adds once the call is over (post-call, recovery), stamped now at the
+/// call's end.
+pub fn after_call_event(p: &CallResultsPayload, kind: &str, data: Value) -> CallEvent {
+    CallEvent {
+        kind: kind.into(),
+        timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        offset_seconds: p.call_duration_seconds,
+        data: match data {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        },
+    }
+}
+
+/// An engine event as the payload carries it.
+pub(crate) fn engine_event(started_at: chrono::DateTime<chrono::Utc>, e: &cxb_engine::EventRecord) -> CallEvent {
+    CallEvent {
+        kind: e.kind.to_string(),
+        timestamp: rfc3339(started_at, e.at),
+        offset_seconds: round3(e.at.as_secs_f64()),
+        data: strip_nulls(e.data.clone()),
+    }
 }
 
 fn clean_event(mut e: CallEvent) -> CallEvent {

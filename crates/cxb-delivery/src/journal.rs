@@ -233,7 +233,8 @@ pub fn read_journal<H: DeserializeOwned, R: DeserializeOwned>(path: &Path) -> Re
     let Some(first) = lines.next() else { return Err(JournalError::Empty(path.to_path_buf())) };
     let header = serde_json::from_slice(first)
         .map_err(|e| JournalError::BadHeader { path: path.to_path_buf(), reason: e.to_string() })?;
-    let mut journal = Journal { path: path.to_path_buf(), header, records: Vec::new(), skipped_lines: 0, torn_tail: false };
+    let mut journal =
+        Journal { path: path.to_path_buf(), header, records: Vec::new(), skipped_lines: 0, torn_tail: false };
     while let Some(line) = lines.next() {
         let complete = line.ends_with(b"\n");
         match serde_json::from_slice::<R>(line) {

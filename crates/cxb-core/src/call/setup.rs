@@ -8,13 +8,16 @@ use cxb_engine::{Conversation, EngineConfig, Service};
 use cxb_providers::{stt, tts};
 use cxb_wire::BotConfig;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::drive::{CallLog, CallerAudio, Driver, Marks, Providers, Tasks, TurnWindow, TASK_RESULTS};
-use super::AgentDeskTarget;
+use super::{spawn_in_call, AgentDeskTarget};
 use crate::app::AppState;
+use crate::journal::{CallHeader, CallJournal};
 use crate::link::CallLink;
 use crate::providers;
+use crate::recordings::CallRecording;
 
 /// Caller audio is batched into STT messages of this many milliseconds. Deepgram takes any
 /// chunking; 60 ms cuts per-call messages and wake-ups threefold and stays far inside the VAD
@@ -29,6 +32,7 @@ impl<'a, L: CallLink> Driver<'a, L> {
         link: L,
         mut cfg: BotConfig,
         agent_desk: Option<AgentDeskTarget>,
+        shutdown: CancellationToken,
     ) -> Driver<'a, L> {
         let started_at = chrono::Utc::now();
         let t0 = Instant::now();
@@ -61,7 +65,8 @@ impl<'a, L: CallLink> Driver<'a, L> {
         if smart_turn {
             engine_cfg.turn_model_max_wait = Some(Duration::from_secs(3));
         }
-        let vars = call_vars.into_iter().fold(cxb_tools::CallVariables::new(), |vars, (name, value)| vars.with(name, value));
+        let vars =
+            call_vars.into_iter().fold(cxb_tools::CallVariables::new(), |vars, (name, value)| vars.with(name, value));
         let (tx, rx) = mpsc::channel(TASK_RESULTS);
         let recording = match crate::recordings::CallRecording::start(&app.settings, &cfg.session_id, rate, started_at)
         {
@@ -71,6 +76,11 @@ impl<'a, L: CallLink> Driver<'a, L> {
                 None
             }
         };
+        // The journal is created (and synced) while the providers connect: the call says
+        // nothing before both are done.
+        let (data_dir, header) =
+            (app.settings.data_dir.clone(), journal_header(&cfg, &link, started_at, recording.as_ref()));
+        let journal = spawn_in_call(async move { CallJournal::open(&data_dir, header).await });
         let mut driver = Driver {
             app,
             providers: Providers {
@@ -103,6 +113,8 @@ impl<'a, L: CallLink> Driver<'a, L> {
                 conversation_started: None,
             },
             agent_desk,
+            shutdown,
+            journal: CallJournal::default(),
             engine: Conversation::new(engine_cfg),
             cfg,
             link,
@@ -113,6 +125,10 @@ impl<'a, L: CallLink> Driver<'a, L> {
             driver.log.events.push(event);
         }
         driver.connect_providers(rate).await;
+        match journal.await {
+            Ok(j) => driver.journal = j,
+            Err(e) => error!(error = %e, "journal task failed; this call has no crash guard"),
+        }
         driver
     }
 
@@ -140,6 +156,31 @@ impl<'a, L: CallLink> Driver<'a, L> {
             Ok((h, r)) => (self.providers.tts, self.providers.tts_rx) = (Some(h), Some(r)),
             Err(e) => self.service_failed(Service::Tts, e.provider(), e.to_string()),
         }
+    }
+}
+
+/// The journal's header: who the call is, for a result made from the journal after a crash.
+fn journal_header<L: CallLink>(
+    cfg: &BotConfig,
+    link: &L,
+    started_at: chrono::DateTime<chrono::Utc>,
+    recording: Option<&CallRecording>,
+) -> CallHeader {
+    let meta = link.meta();
+    CallHeader {
+        session_id: cfg.session_id.clone(),
+        bot_id: cfg.bot_id.clone(),
+        webhook_url: cfg.webhook_url.clone(),
+        transport: link.name().to_string(),
+        stream_id: meta.stream_id.clone(),
+        caller_id: meta.caller_id.clone(),
+        did: meta.did.clone(),
+        call_direction: meta.call_direction.clone(),
+        connected_event: meta.connected_event.clone(),
+        started_at,
+        sample_rate: meta.sample_rate,
+        recording_key: recording.map(|r| r.key().to_string()),
+        recording_url: recording.and_then(|r| r.url().map(str::to_string)),
     }
 }
 

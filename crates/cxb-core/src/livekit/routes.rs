@@ -251,14 +251,10 @@ fn admit<T: DeserializeOwned>(app: &AppState, headers: &HeaderMap, body: &Bytes)
 }
 
 fn take_slot(app: &AppState, route: &'static str, call_id: &str) -> Result<CallSlot, Rejection> {
-    match app.tracker.try_acquire(call_id.to_string()) {
-        Some(slot) => Ok(slot),
-        None => {
-            metrics::counter!("cxb_calls_rejected_total", "reason" => "at_capacity").increment(1);
-            warn!(route, %call_id, "refusing call: at capacity");
-            Err(rejected(StatusCode::TOO_MANY_REQUESTS, "at_capacity", None))
-        }
-    }
+    app.tracker.try_acquire(call_id.to_string()).map_err(|why| {
+        crate::app::count_refusal(why, route);
+        rejected(crate::app::refusal_status(why), why.as_str(), None)
+    })
 }
 
 fn cxb_api(app: &AppState, config_url: Option<&str>) -> Option<CxbApi> {
@@ -299,8 +295,11 @@ async fn dispatch_inner(app: AppState, headers: HeaderMap, body: Bytes) -> Resul
         let slot = match take_slot(&app, "dispatch", &call_id) {
             Ok(s) => s,
             Err(resp) => {
-                // The caller would otherwise ring into a room nobody serves (contract §6.3).
-                remove_sip_participants(&lk, &app, &req.room_name).await;
+                // At capacity, the caller would otherwise ring into a room nobody serves (contract
+                // §6.3); a draining worker refuses (503) before any side effect.
+                if resp.status == StatusCode::TOO_MANY_REQUESTS {
+                    remove_sip_participants(&lk, &app, &req.room_name).await;
+                }
                 return Err(resp);
             }
         };
@@ -840,7 +839,7 @@ impl RoomCall {
             None
         };
         let options = CallOptions { answered, agent_desk, ..Default::default() };
-        run_conversation(&self.app, link, &self.bot_id, cfg, options).await;
+        run_conversation(&self.app, link, &self.bot_id, cfg, self._slot.shutdown(), options).await;
     }
 }
 
