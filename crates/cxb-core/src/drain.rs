@@ -13,10 +13,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument as _};
 
-use crate::tracker::CallTracker;
+use crate::tracker::{CallTracker, WorkTracker};
 
 /// After the drain deadline, how long post-call work may still run before its result is
 /// delivered without it.
@@ -29,7 +28,7 @@ pub const AFTER_DEADLINE: Duration = Duration::from_secs(20);
 #[derive(Clone)]
 pub struct Drain {
     tracker: CallTracker,
-    postcall: TaskTracker,
+    postcall: WorkTracker,
     postcall_stop: CancellationToken,
 }
 
@@ -44,7 +43,7 @@ pub enum Drained {
 
 impl Drain {
     pub fn new(tracker: CallTracker) -> Self {
-        Self { tracker, postcall: TaskTracker::new(), postcall_stop: CancellationToken::new() }
+        Self { tracker, postcall: WorkTracker::default(), postcall_stop: CancellationToken::new() }
     }
 
     /// Run a call's post-call work (analysis, then the result's delivery) as a task the drain
@@ -97,8 +96,7 @@ impl Drain {
     /// they release their slot, so once the slots are idle no new work can appear.
     async fn settled(&self) {
         self.tracker.wait_idle().await;
-        self.postcall.close();
-        self.postcall.wait().await;
+        self.postcall.wait_idle().await;
     }
 }
 

@@ -16,11 +16,89 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug)]
 struct Inner {
     max: u64,
-    active: AtomicU64,
+    active: InFlight,
     draining: AtomicBool,
-    idle: tokio::sync::Notify,
     /// Parent of every call's shutdown signal.
     shutdown: CancellationToken,
+}
+
+/// A count of things in flight that can be awaited down to zero: the call slots, and the
+/// post-call work the drain waits for ([`WorkTracker`]).
+#[derive(Debug, Default)]
+struct InFlight {
+    n: AtomicU64,
+    idle: tokio::sync::Notify,
+}
+
+impl InFlight {
+    /// One more, unless `max` are in flight; the new count.
+    fn try_add(&self, max: u64) -> Option<u64> {
+        self.n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok().map(|n| n + 1)
+    }
+
+    /// One fewer; the new count. Waiters wake when it reaches zero.
+    fn remove(&self) -> u64 {
+        let left = self.n.fetch_sub(1, Ordering::AcqRel) - 1;
+        if left == 0 {
+            self.idle.notify_waiters();
+        }
+        left
+    }
+
+    fn get(&self) -> u64 {
+        self.n.load(Ordering::Acquire)
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            // Registered before the check, so a drop to zero in between is not missed.
+            let notified = self.idle.notified();
+            if self.get() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Tasks the drain waits for (post-call work): each holds a guard, so every exit of the task —
+/// a panic included — counts. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct WorkTracker {
+    inner: Arc<InFlight>,
+}
+
+struct WorkGuard(Arc<InFlight>);
+
+impl Drop for WorkGuard {
+    fn drop(&mut self) {
+        self.0.remove();
+    }
+}
+
+impl WorkTracker {
+    /// Spawn `work` as a tracked task.
+    pub fn spawn<F>(&self, work: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.inner.try_add(u64::MAX);
+        let guard = WorkGuard(self.inner.clone());
+        tokio::spawn(async move {
+            let _guard = guard;
+            work.await;
+        });
+    }
+
+    /// Tracked tasks still running.
+    pub fn active(&self) -> u64 {
+        self.inner.get()
+    }
+
+    /// Wait until no tracked task runs.
+    pub async fn wait_idle(&self) {
+        self.inner.wait_idle().await;
+    }
 }
 
 /// Why a call was not given a slot.
@@ -61,9 +139,8 @@ impl CallTracker {
         Self {
             inner: Arc::new(Inner {
                 max,
-                active: AtomicU64::new(0),
+                active: InFlight::default(),
                 draining: AtomicBool::new(false),
-                idle: tokio::sync::Notify::new(),
                 shutdown: CancellationToken::new(),
             }),
         }
@@ -74,18 +151,14 @@ impl CallTracker {
         if self.is_draining() {
             return Err(Refusal::Draining);
         }
-        let max = self.inner.max;
-        self.inner
-            .active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
-            .map_err(|_| Refusal::AtCapacity)?;
-        metrics::gauge!("cxb_active_calls").set(self.active() as f64);
+        let now = self.inner.active.try_add(self.inner.max).ok_or(Refusal::AtCapacity)?;
+        metrics::gauge!("cxb_active_calls").set(now as f64);
         let shutdown = self.inner.shutdown.child_token();
         Ok(CallSlot { inner: self.inner.clone(), id: call_id.into(), shutdown })
     }
 
     pub fn active(&self) -> u64 {
-        self.inner.active.load(Ordering::Acquire)
+        self.inner.active.get()
     }
 
     pub fn max(&self) -> u64 {
@@ -113,13 +186,7 @@ impl CallTracker {
 
     /// Wait until no call holds a slot.
     pub async fn wait_idle(&self) {
-        loop {
-            let notified = self.inner.idle.notified();
-            if self.active() == 0 {
-                return;
-            }
-            notified.await;
-        }
+        self.inner.active.wait_idle().await;
     }
 }
 
@@ -136,11 +203,8 @@ impl CallSlot {
 
 impl Drop for CallSlot {
     fn drop(&mut self) {
-        let left = self.inner.active.fetch_sub(1, Ordering::AcqRel) - 1;
+        let left = self.inner.active.remove();
         metrics::gauge!("cxb_active_calls").set(left as f64);
-        if left == 0 {
-            self.inner.idle.notify_waiters();
-        }
     }
 }
 
@@ -205,6 +269,27 @@ mod tests {
         assert_eq!(t.try_acquire("x").err(), Some(Refusal::Draining));
         drop(live);
         assert_eq!(t.try_acquire("y").err(), Some(Refusal::Draining), "idle is still draining");
+    }
+
+    #[tokio::test]
+    async fn tracked_work_is_awaited_to_its_end_even_when_it_panics() {
+        let work = WorkTracker::default();
+        work.wait_idle().await;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        work.spawn(async move {
+            let _ = rx.await;
+        });
+        work.spawn(async { panic!("post-call bug") });
+        assert!(work.active() >= 1);
+        let waiting = tokio::spawn({
+            let work = work.clone();
+            async move { work.wait_idle().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "one task still runs");
+        tx.send(()).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiting).await.expect("idle").unwrap();
+        assert_eq!(work.active(), 0);
     }
 
     #[tokio::test]
