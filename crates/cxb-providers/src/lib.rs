@@ -6,12 +6,17 @@ pub mod error;
 pub mod llm;
 pub mod stt;
 pub mod stt_flux;
+pub mod stt_sarvam;
+pub mod stt_soniox;
 pub mod tts;
+pub mod tts_aura;
+pub mod tts_sarvam;
 
 pub use error::ProviderError;
 
 mod llm_openai;
 mod stt_deepgram;
+mod stt_session;
 mod tts_cartesia;
 mod tts_elevenlabs;
 mod ws;

@@ -108,6 +108,8 @@ pub async fn connect(params: &SttParams) -> Result<(SttHandle, mpsc::Receiver<St
         "deepgram" if params.model.starts_with("flux") => connect_flux(params).await,
         "deepgram_flux" => connect_flux(params).await,
         "deepgram" => crate::stt_deepgram::connect(params).await,
+        "soniox" => crate::stt_soniox::connect(params).await,
+        "sarvam" => crate::stt_sarvam::connect(params).await,
         other => Err(ProviderError::Unsupported(other.to_string())),
     }
 }

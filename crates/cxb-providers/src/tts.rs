@@ -103,6 +103,9 @@ pub async fn connect(params: &TtsParams) -> Result<(TtsHandle, mpsc::Receiver<Tt
     match params.provider.as_str() {
         "cartesia" => crate::tts_cartesia::connect(params).await,
         "elevenlabs" => crate::tts_elevenlabs::connect(params).await,
+        "sarvam" => crate::tts_sarvam::connect(params).await,
+        // Deepgram's TTS is Aura (the `tts` block's provider name is the vendor's).
+        "deepgram" => crate::tts_aura::connect(params).await,
         other => Err(ProviderError::Unsupported(other.to_string())),
     }
 }
