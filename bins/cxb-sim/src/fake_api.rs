@@ -487,6 +487,7 @@ async fn control(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
         ("llm_ttft_ms", &l.llm_ttft_ms),
         ("llm_token_interval_ms", &l.llm_token_interval_ms),
         ("tts_ttfb_ms", &l.tts_ttfb_ms),
+        ("tts_connect_ms", &l.tts_connect_ms),
     ] {
         if let Some(x) = v.get(key) {
             match x.as_u64() {
