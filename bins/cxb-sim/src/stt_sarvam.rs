@@ -97,7 +97,9 @@ pub async fn handler(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match headers.get("api-subscription-key").and_then(|v| v.to_str().ok()).map(str::trim) {
-        None | Some("") => return error_body(StatusCode::UNAUTHORIZED, "Websocket initialized with invalid credentials."),
+        None | Some("") => {
+            return error_body(StatusCode::UNAUTHORIZED, "Websocket initialized with invalid credentials.")
+        }
         Some("bad-key") => return error_body(StatusCode::FORBIDDEN, "Invalid API subscription key."),
         Some(_) => {}
     }
@@ -215,8 +217,9 @@ impl Conn {
             return Err("audio.sample_rate is required (an integer)".into());
         }
         let data = audio.get("data").and_then(Value::as_str).ok_or("audio.data must be a base64 string")?;
-        let bytes =
-            base64::engine::general_purpose::STANDARD.decode(data).map_err(|e| format!("audio.data is not base64: {e}"))?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .map_err(|e| format!("audio.data is not base64: {e}"))?;
         // A WAV-wrapped chunk: skip its header (44 bytes for the canonical PCM layout).
         let pcm = if bytes.starts_with(b"RIFF") && bytes.len() >= 44 { &bytes[44..] } else { &bytes[..] };
         for ev in self.audio.push(pcm) {
@@ -310,7 +313,10 @@ mod tests {
             ("mode", "codemix"),
         ]))
         .unwrap();
-        assert_eq!(p, StreamParams { sample_rate: 8000, vad_signals: true, flush_signal: true, language: "hi-IN".into() });
+        assert_eq!(
+            p,
+            StreamParams { sample_rate: 8000, vad_signals: true, flush_signal: true, language: "hi-IN".into() }
+        );
         assert_eq!(parse_params(&q(&[])).unwrap().sample_rate, 16000);
         for bad in [
             q(&[("language_code", "hi-IN")]),

@@ -177,7 +177,9 @@ fn check_fields(o: &Map<String, Value>, model: &str) -> Result<(), (u16, String)
             "max_endpoint_delay_ms" => value.as_u64().is_some_and(|ms| (500..=3000).contains(&ms)),
             "endpoint_sensitivity" => value.as_f64().is_some_and(|x| (-1.0..=1.0).contains(&x)),
             "endpoint_latency_adjustment_level" => value.as_u64().is_some_and(|l| l <= 3),
-            "translation" => value.get("type").and_then(Value::as_str).is_some_and(|t| t == "one_way" || t == "two_way"),
+            "translation" => {
+                value.get("type").and_then(Value::as_str).is_some_and(|t| t == "one_way" || t == "two_way")
+            }
             k if LEGACY_FIELDS.contains(&k) => true,
             other => return Err((400, format!("Unknown configuration field {other:?}."))),
         };
@@ -195,7 +197,9 @@ fn check_fields(o: &Map<String, Value>, model: &str) -> Result<(), (u16, String)
 fn valid_context(v: &Value) -> bool {
     let Value::Object(o) = v else { return false };
     let pairs = |items: &Value, a: &str, b: &str| {
-        items.as_array().is_some_and(|l| l.iter().all(|i| i.get(a).is_some_and(Value::is_string) && i.get(b).is_some_and(Value::is_string)))
+        items.as_array().is_some_and(|l| {
+            l.iter().all(|i| i.get(a).is_some_and(Value::is_string) && i.get(b).is_some_and(Value::is_string))
+        })
     };
     o.iter().all(|(k, v)| match k.as_str() {
         "general" => pairs(v, "key", "value"),
@@ -531,9 +535,12 @@ mod tests {
 
     #[test]
     fn fields_are_typed() {
-        let c = check(json!({"enable_endpoint_detection": true, "language_hints": ["hi", "en"],
+        let c = check(
+            json!({"enable_endpoint_detection": true, "language_hints": ["hi", "en"],
             "context": {"general": [{"key": "domain", "value": "Insurance"}], "terms": ["IDV"]},
-            "language_hints_strict": null, "client_reference_id": "call-1"}), Some("k"))
+            "language_hints_strict": null, "client_reference_id": "call-1"}),
+            Some("k"),
+        )
         .unwrap();
         assert!(c.endpoint_detection);
         assert_eq!(c.language.as_deref(), Some("hi"));

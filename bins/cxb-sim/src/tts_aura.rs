@@ -51,7 +51,11 @@ pub fn parse_params(q: &HashMap<String, String>) -> Result<(String, u32), String
     }
     let sample_rate = match q.get("sample_rate") {
         None => 24000,
-        Some(s) => s.parse::<u32>().ok().filter(|r| SAMPLE_RATES.contains(r)).ok_or(format!("sample_rate {s:?} is not supported"))?,
+        Some(s) => s
+            .parse::<u32>()
+            .ok()
+            .filter(|r| SAMPLE_RATES.contains(r))
+            .ok_or(format!("sample_rate {s:?} is not supported"))?,
     };
     Ok((model, sample_rate))
 }

@@ -254,19 +254,27 @@ pub async fn handler(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match headers.get("api-subscription-key").and_then(|v| v.to_str().ok()).map(str::trim) {
-        None | Some("") => return http_error(StatusCode::UNAUTHORIZED, "Websocket initialized with invalid credentials."),
+        None | Some("") => {
+            return http_error(StatusCode::UNAUTHORIZED, "Websocket initialized with invalid credentials.")
+        }
         Some("bad-key") => return http_error(StatusCode::FORBIDDEN, "Invalid API subscription key."),
         Some(_) => {}
     }
     let model = q.get("model").cloned().unwrap_or_else(|| "bulbul:v2".into());
     if !MODELS.contains(&model.as_str()) {
-        return http_error(StatusCode::BAD_REQUEST, &format!("model {model:?} is not supported; use one of {MODELS:?}"));
+        return http_error(
+            StatusCode::BAD_REQUEST,
+            &format!("model {model:?} is not supported; use one of {MODELS:?}"),
+        );
     }
     let completion_event = match q.get("send_completion_event").map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,
         Some(other) => {
-            return http_error(StatusCode::BAD_REQUEST, &format!("send_completion_event must be true or false, not {other:?}"))
+            return http_error(
+                StatusCode::BAD_REQUEST,
+                &format!("send_completion_event must be true or false, not {other:?}"),
+            )
         }
     };
     let ws = match ws {
@@ -310,7 +318,8 @@ pub fn parse_config(data: &Map<String, Value>, model: &str) -> Result<VoiceConfi
         return Err(format!("config model {m:?} differs from the connection's {model:?}"));
     }
     let (pace_min, pace_max) = if v2 { (0.3, 3.0) } else { (0.5, 2.0) };
-    for (key, lo, hi) in [("pitch", -0.75, 0.75), ("pace", pace_min, pace_max), ("loudness", 0.3, 3.0), ("temperature", 0.01, 1.0)]
+    for (key, lo, hi) in
+        [("pitch", -0.75, 0.75), ("pace", pace_min, pace_max), ("loudness", 0.3, 3.0), ("temperature", 0.01, 1.0)]
     {
         match data.get(key) {
             None | Some(Value::Null) => {}
@@ -330,7 +339,11 @@ pub fn parse_config(data: &Map<String, Value>, model: &str) -> Result<VoiceConfi
     match data.get("output_audio_codec").and_then(Value::as_str) {
         Some("linear16") => {}
         Some(c) if CODECS.contains(&c) => return Err(format!("this double streams linear16 only, not {c:?}")),
-        _ => return Err("output_audio_codec must be one of linear16, mulaw, alaw, mp3, wav (this double: linear16)".into()),
+        _ => {
+            return Err(
+                "output_audio_codec must be one of linear16, mulaw, alaw, mp3, wav (this double: linear16)".into()
+            )
+        }
     }
     if let Some(b) = data.get("output_audio_bitrate").filter(|b| !b.as_str().is_some_and(|b| BITRATES.contains(&b))) {
         return Err(format!("output_audio_bitrate {b} is not one of {BITRATES:?}"));
@@ -518,7 +531,10 @@ mod tests {
     fn config_is_validated() {
         let c = parse_config(&data(json!({"pace": 1.2, "min_buffer_size": 30})), "bulbul:v2").unwrap();
         assert_eq!(c, VoiceConfig { sample_rate: 8000, min_buffer_size: 30 });
-        assert_eq!(parse_config(&data(json!({"speech_sample_rate": "16000"})), "bulbul:v2").unwrap().sample_rate, 16000);
+        assert_eq!(
+            parse_config(&data(json!({"speech_sample_rate": "16000"})), "bulbul:v2").unwrap().sample_rate,
+            16000
+        );
         assert!(parse_config(&data(json!({"language_code": "hi-IN"})), "bulbul:v2").is_ok());
         for bad in [
             json!({"speaker": "Anushka"}),
