@@ -295,7 +295,7 @@ fn transcript(finals: &[Token], non_final: &[Token], text: String, is_final: boo
     let confidence =
         if confidences.is_empty() { 0.0 } else { confidences.iter().sum::<f32>() / confidences.len() as f32 };
     let start_ms = all().find_map(|t| t.start_ms).unwrap_or(0.0);
-    let end_ms = all().filter_map(|t| t.end_ms).last().unwrap_or(start_ms);
+    let end_ms = all().filter_map(|t| t.end_ms).next_back().unwrap_or(start_ms);
     Transcript {
         text,
         is_final,

@@ -369,12 +369,12 @@ impl Session {
             }
             self.start(&context_id);
         }
-        self.to_context(context_id, ContextCmd::Speak(text)).await
+        self.command_context(context_id, ContextCmd::Speak(text)).await
     }
 
     async fn flush(&mut self, context_id: String) -> bool {
         if self.live.contains_key(&context_id) {
-            return self.to_context(context_id, ContextCmd::Flush).await;
+            return self.command_context(context_id, ContextCmd::Flush).await;
         }
         if self.ended.contains(&context_id) {
             return true;
@@ -397,7 +397,7 @@ impl Session {
 
     /// Never waits on a context's queue: its task may itself be waiting for us to take its
     /// events, so a full queue fails the context rather than risk a deadlock.
-    async fn to_context(&mut self, context_id: String, cmd: ContextCmd) -> bool {
+    async fn command_context(&mut self, context_id: String, cmd: ContextCmd) -> bool {
         let Some(queue) = self.live.get(&context_id) else { return true };
         match queue.try_send(cmd) {
             // A closed queue: the task already ended and its Done/Error is on the way.
