@@ -20,14 +20,14 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use base64::Engine;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::audio::DetEvent;
-use crate::stt_soniox::{serve, CallerAudio, Listener, Step};
-use crate::{Latencies, SimState};
+use crate::stt_soniox::{serve, Listener, ScriptedCaller, Step};
+use crate::tts_sarvam::{http_error, refuse_bad_key};
+use crate::SimState;
 
 /// `language-code` values of the streaming socket (saaras adds the longer tail).
 pub const LANGUAGES: [&str; 24] = [
@@ -47,10 +47,6 @@ pub struct StreamParams {
     pub vad_signals: bool,
     pub flush_signal: bool,
     pub language: String,
-}
-
-fn error_body(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({"error": {"message": message, "code": status.as_u16()}}))).into_response()
 }
 
 /// Validate the query of the upgrade request.
@@ -96,18 +92,14 @@ pub async fn handler(
     Query(q): Query<HashMap<String, String>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    match headers.get("api-subscription-key").and_then(|v| v.to_str().ok()).map(str::trim) {
-        None | Some("") => {
-            return error_body(StatusCode::UNAUTHORIZED, "Websocket initialized with invalid credentials.")
-        }
-        Some("bad-key") => return error_body(StatusCode::FORBIDDEN, "Invalid API subscription key."),
-        Some(_) => {}
+    if let Some(refused) = refuse_bad_key(&headers) {
+        return refused;
     }
     let params = match parse_params(&q) {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!("sarvam stt: rejected upgrade: {e}");
-            return error_body(StatusCode::BAD_REQUEST, &e);
+            return http_error(StatusCode::BAD_REQUEST, &e);
         }
     };
     let ws = match ws {
@@ -124,10 +116,8 @@ fn error_json(code: &str, message: &str) -> String {
 }
 
 struct Conn {
-    state: Arc<SimState>,
     params: StreamParams,
-    audio: CallerAudio,
-    next_index: usize,
+    caller: ScriptedCaller,
     /// The utterance being heard: (transcript, onset ms).
     current: Option<(String, u64)>,
     /// Ended utterances: (due, transcript, audio seconds).
@@ -137,16 +127,8 @@ struct Conn {
 
 impl Conn {
     fn new(state: Arc<SimState>, params: StreamParams) -> Self {
-        let endpointing = Latencies::get(&state.lat.stt_endpointing_ms);
-        Self {
-            audio: CallerAudio::new(params.sample_rate, endpointing),
-            state,
-            params,
-            next_index: 0,
-            current: None,
-            pending: VecDeque::new(),
-            out: Vec::new(),
-        }
+        let caller = ScriptedCaller::new(state, params.sample_rate);
+        Self { params, caller, current: None, pending: VecDeque::new(), out: Vec::new() }
     }
 
     fn vad_event(&mut self, signal: &str) {
@@ -173,9 +155,7 @@ impl Conn {
     fn on_event(&mut self, ev: DetEvent) {
         match ev {
             DetEvent::Onset { at_ms } => {
-                let transcript = self.state.script.transcript(self.next_index).to_string();
-                self.next_index += 1;
-                self.state.counters.stt_utterances.fetch_add(1, Ordering::Relaxed);
+                let transcript = self.caller.next_transcript();
                 self.current = Some((transcript, at_ms));
                 self.vad_event("START_SPEECH");
             }
@@ -183,7 +163,7 @@ impl Conn {
             DetEvent::End { onset_ms, end_ms } => {
                 if let Some((transcript, _)) = self.current.take() {
                     self.vad_event("END_SPEECH");
-                    let due = Instant::now() + Latencies::dur(&self.state.lat.stt_latency_ms);
+                    let due = Instant::now() + self.caller.latency();
                     self.pending.push_back((due, transcript, end_ms.saturating_sub(onset_ms) as f64 / 1000.0));
                 }
             }
@@ -195,7 +175,7 @@ impl Conn {
         while let Some((_, text, secs)) = self.pending.pop_front() {
             self.transcript(&text, secs);
         }
-        if let Some(DetEvent::End { onset_ms, end_ms }) = self.audio.detector().force_end() {
+        if let Some(DetEvent::End { onset_ms, end_ms }) = self.caller.detector().force_end() {
             if let Some((text, _)) = self.current.take() {
                 self.transcript(&text, end_ms.saturating_sub(onset_ms) as f64 / 1000.0);
             }
@@ -222,7 +202,9 @@ impl Conn {
             .map_err(|e| format!("audio.data is not base64: {e}"))?;
         // A WAV-wrapped chunk: skip its header (44 bytes for the canonical PCM layout).
         let pcm = if bytes.starts_with(b"RIFF") && bytes.len() >= 44 { &bytes[44..] } else { &bytes[..] };
-        for ev in self.audio.push(pcm) {
+        let mut events = Vec::new();
+        self.caller.hear(pcm, &mut events);
+        for ev in events {
             self.on_event(ev);
         }
         Ok(())
@@ -294,13 +276,16 @@ impl Listener for Conn {
     }
 }
 
+/// A query map from pairs, for the doubles' parameter tests.
+#[cfg(test)]
+pub(crate) fn query_map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
+    use query_map as q;
 
     #[test]
     fn query_is_validated() {

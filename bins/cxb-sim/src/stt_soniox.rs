@@ -13,8 +13,8 @@
 //! nor keepalive for twice the Deepgram idle timeout (20 s by default: Soniox's figure) is a 408.
 //!
 //! This module also holds the socket loop shared by the STT doubles that take binary or JSON
-//! audio and answer on timers ([`Listener`], [`serve`]) and the caller-audio front end
-//! ([`CallerAudio`]).
+//! audio and answer on timers ([`Listener`], [`serve`]) and the scripted caller they hear
+//! ([`ScriptedCaller`]).
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -30,7 +30,7 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
-use crate::audio::{interim_word_count, DetEvent, UtteranceDetector, INTERIM_EVERY_MS};
+use crate::audio::{decode_pcm16, interim_word_count, DetEvent, UtteranceDetector, INTERIM_EVERY_MS};
 use crate::{close_ws, Latencies, SimState};
 
 /// Models the double answers to (`stt-rt-v3` is an alias of v4; the preview names are older).
@@ -270,47 +270,57 @@ pub async fn serve<L: Listener>(mut socket: WebSocket, mut listener: L, idle: Du
     }
 }
 
-/// Caller audio in, utterance events out: LINEAR16 decoding (an odd byte is carried to the
-/// next chunk) in front of the energy detector.
+/// The caller as every script-driven STT double hears it: LINEAR16 in, utterances found by
+/// energy, utterance N of the connection saying the script's transcript N.
 #[derive(Debug)]
-pub struct CallerAudio {
+pub struct ScriptedCaller {
+    state: Arc<SimState>,
     detector: UtteranceDetector,
     odd_byte: Option<u8>,
     samples: Vec<i16>,
-    events: Vec<DetEvent>,
+    next_index: usize,
 }
 
-impl CallerAudio {
-    pub fn new(sample_rate: u32, endpointing_ms: u64) -> Self {
+impl ScriptedCaller {
+    /// Utterances end after `--stt-endpointing-ms` of silence.
+    pub fn new(state: Arc<SimState>, sample_rate: u32) -> Self {
+        let endpointing = Latencies::get(&state.lat.stt_endpointing_ms);
         Self {
-            detector: UtteranceDetector::new(sample_rate, endpointing_ms),
+            detector: UtteranceDetector::new(sample_rate, endpointing),
+            state,
             odd_byte: None,
             samples: Vec::with_capacity(4096),
-            events: Vec::with_capacity(8),
+            next_index: 0,
         }
     }
 
-    /// Feed bytes; the detector's events for them.
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<DetEvent> {
+    /// Feed audio; the detector's events are appended to `events`.
+    pub fn hear(&mut self, bytes: &[u8], events: &mut Vec<DetEvent>) {
         self.samples.clear();
-        let mut rest = bytes;
-        if let (Some(lo), Some((&hi, tail))) = (self.odd_byte, rest.split_first()) {
-            self.samples.push(i16::from_le_bytes([lo, hi]));
-            self.odd_byte = None;
-            rest = tail;
-        }
-        let mut pairs = rest.chunks_exact(2);
-        self.samples.extend(pairs.by_ref().map(|p| i16::from_le_bytes([p[0], p[1]])));
-        if let [b] = pairs.remainder() {
-            self.odd_byte = Some(*b);
-        }
-        self.events.clear();
-        self.detector.push(&self.samples, &mut self.events);
-        self.events.clone()
+        decode_pcm16(&mut self.odd_byte, bytes, &mut self.samples);
+        self.detector.push(&self.samples, events);
+    }
+
+    /// What the utterance that just began says (counted in `/sim/stats`).
+    pub fn next_transcript(&mut self) -> String {
+        let transcript = self.state.script.transcript(self.next_index).to_string();
+        self.next_index += 1;
+        self.state.counters.stt_utterances.fetch_add(1, Ordering::Relaxed);
+        transcript
+    }
+
+    /// Utterances begun so far.
+    pub fn utterances(&self) -> usize {
+        self.next_index
     }
 
     pub fn detector(&mut self) -> &mut UtteranceDetector {
         &mut self.detector
+    }
+
+    /// The delay before an ended utterance's final result.
+    pub fn latency(&self) -> Duration {
+        Latencies::dur(&self.state.lat.stt_latency_ms)
     }
 }
 
@@ -326,10 +336,8 @@ struct Utterance {
 }
 
 struct Conn {
-    state: Arc<SimState>,
     config: Config,
-    audio: CallerAudio,
-    next_index: usize,
+    caller: ScriptedCaller,
     current: Option<Utterance>,
     /// Ended utterances whose last tokens are due after the STT latency.
     pending: VecDeque<(Instant, Utterance)>,
@@ -338,16 +346,8 @@ struct Conn {
 
 impl Conn {
     fn new(state: Arc<SimState>, config: Config) -> Self {
-        let endpointing = Latencies::get(&state.lat.stt_endpointing_ms);
-        Self {
-            audio: CallerAudio::new(config.sample_rate, endpointing),
-            state,
-            config,
-            next_index: 0,
-            current: None,
-            pending: VecDeque::new(),
-            out: Vec::new(),
-        }
+        let caller = ScriptedCaller::new(state, config.sample_rate);
+        Self { config, caller, current: None, pending: VecDeque::new(), out: Vec::new() }
     }
 
     /// Word `index` of `u` as a token; tokens carry their leading space, as Soniox's do.
@@ -372,7 +372,7 @@ impl Conn {
 
     /// One result message: newly final tokens first, then the non-final tail.
     fn result(&mut self, tokens: Vec<Value>, finished: bool) {
-        let ms = self.audio.detector().audio_ms();
+        let ms = self.caller.detector().audio_ms();
         let mut m = json!({"tokens": tokens, "final_audio_proc_ms": ms, "total_audio_proc_ms": ms});
         if finished {
             m["finished"] = json!(true);
@@ -388,11 +388,9 @@ impl Conn {
     fn on_event(&mut self, ev: DetEvent) {
         match ev {
             DetEvent::Onset { at_ms } => {
-                let transcript = self.state.script.transcript(self.next_index).to_string();
-                self.next_index += 1;
-                self.state.counters.stt_utterances.fetch_add(1, Ordering::Relaxed);
+                let transcript = self.caller.next_transcript();
                 let words = transcript.split_whitespace().map(str::to_string).collect();
-                let first = self.next_index == 1;
+                let first = self.caller.utterances() == 1;
                 self.current = Some(Utterance { words, onset_ms: at_ms, finals_sent: 0, first });
             }
             DetEvent::Interim { speech_ms, .. } => {
@@ -408,8 +406,7 @@ impl Conn {
             }
             DetEvent::End { .. } => {
                 if let Some(u) = self.current.take() {
-                    let due = Instant::now() + Latencies::dur(&self.state.lat.stt_latency_ms);
-                    self.pending.push_back((due, u));
+                    self.pending.push_back((Instant::now() + self.caller.latency(), u));
                 }
             }
         }
@@ -444,7 +441,9 @@ impl Listener for Conn {
             // An empty binary frame may also end the stream (UNCERTAIN): accept it like "".
             return self.on_text("");
         }
-        for ev in self.audio.push(bytes) {
+        let mut events = Vec::new();
+        self.caller.hear(bytes, &mut events);
+        for ev in events {
             self.on_event(ev);
         }
         Step::Continue

@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::stt_deepgram::dg_error;
+use crate::stt_deepgram::{dg_error, refuse_bad_key};
 use crate::tts_sarvam::{Job, Mark, Produced, Synth};
 use crate::{close_ws, Latencies, SimState};
 
@@ -67,10 +67,8 @@ pub async fn handler(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
-    let auth = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let key = auth.strip_prefix("Token ").or_else(|| auth.strip_prefix("Bearer ")).unwrap_or("").trim();
-    if key.is_empty() || key == "bad-key" {
-        return dg_error(StatusCode::UNAUTHORIZED, "INVALID_AUTH", "Invalid credentials.", &request_id);
+    if let Some(refused) = refuse_bad_key(&headers, &request_id, "aura") {
+        return refused;
     }
     let (model, rate) = match parse_params(&q) {
         Ok(p) => p,
@@ -212,10 +210,7 @@ async fn run(mut socket: WebSocket, state: Arc<SimState>, model: String, rate: u
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
+    use crate::stt_sarvam::query_map as q;
 
     #[test]
     fn query_is_validated() {

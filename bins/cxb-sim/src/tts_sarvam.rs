@@ -238,8 +238,21 @@ pub async fn log_handler(State(state): State<Arc<SimState>>) -> Json<Value> {
 
 // ---------------------------------------------------------------- the endpoint
 
-fn http_error(status: StatusCode, message: &str) -> Response {
+/// Sarvam's error body for refused requests.
+pub(crate) fn http_error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({"error": {"message": message, "code": status.as_u16()}}))).into_response()
+}
+
+/// Sarvam's key rule for every Sarvam double: `api-subscription-key`, missing → 401, refused
+/// (`bad-key`) → 403. `Some` is the answer to give.
+pub(crate) fn refuse_bad_key(headers: &HeaderMap) -> Option<Response> {
+    match headers.get("api-subscription-key").and_then(|v| v.to_str().ok()).map(str::trim) {
+        None | Some("") => {
+            Some(http_error(StatusCode::UNAUTHORIZED, "Websocket initialized with invalid credentials."))
+        }
+        Some("bad-key") => Some(http_error(StatusCode::FORBIDDEN, "Invalid API subscription key.")),
+        Some(_) => None,
+    }
 }
 
 fn error_json(code: u16, message: &str) -> String {
@@ -253,12 +266,8 @@ pub async fn handler(
     Query(q): Query<HashMap<String, String>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    match headers.get("api-subscription-key").and_then(|v| v.to_str().ok()).map(str::trim) {
-        None | Some("") => {
-            return http_error(StatusCode::UNAUTHORIZED, "Websocket initialized with invalid credentials.")
-        }
-        Some("bad-key") => return http_error(StatusCode::FORBIDDEN, "Invalid API subscription key."),
-        Some(_) => {}
+    if let Some(refused) = refuse_bad_key(&headers) {
+        return refused;
     }
     let model = q.get("model").cloned().unwrap_or_else(|| "bulbul:v2".into());
     if !MODELS.contains(&model.as_str()) {

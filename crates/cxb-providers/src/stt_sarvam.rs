@@ -64,18 +64,11 @@ const KEEPALIVE_SILENCE: Duration = Duration::from_millis(100);
 
 /// Open a Sarvam STT stream.
 pub async fn connect(params: &SttParams) -> Result<(SttHandle, mpsc::Receiver<SttEvent>), ProviderError> {
-    connect_with(params, TIMING).await
-}
-
-pub(crate) async fn connect_with(
-    params: &SttParams,
-    timing: Timing,
-) -> Result<(SttHandle, mpsc::Receiver<SttEvent>), ProviderError> {
     let url = stream_url(params)?;
     let headers = [("api-subscription-key", params.api_key.clone())];
     let socket = ws::connect(PROVIDER, &url, &headers, params.connect_timeout).await?;
     let dialect = Sarvam { sample_rate: params.sample_rate, ..Sarvam::default() };
-    Ok(stt_session::spawn(socket, dialect, timing))
+    Ok(stt_session::spawn(socket, dialect, TIMING))
 }
 
 /// `{base}/speech-to-text/ws?language-code=…&model=…&sample_rate=…&vad_signals=true&flush_signal=true…`
@@ -147,9 +140,7 @@ struct Sarvam {
 }
 
 impl Dialect for Sarvam {
-    fn provider(&self) -> &'static str {
-        PROVIDER
-    }
+    const PROVIDER: &'static str = PROVIDER;
 
     fn audio(&mut self, bytes: Vec<u8>) -> Message {
         let data = base64::engine::general_purpose::STANDARD.encode(bytes);

@@ -1,5 +1,5 @@
 //! The connection task shared by the streaming STT clients whose wire differs only in message
-//! shapes (Soniox, Sarvam): one task owns the socket, forwards caller audio, sends the vendor's
+//! shapes (Deepgram v1, Soniox, Sarvam): one task owns the socket, forwards caller audio, sends the vendor's
 //! keepalive while no audio flows, and turns server text frames into [`SttEvent`]s. A
 //! [`Dialect`] supplies the vendor's frames and parsing; the loop, its bounds and its terminal
 //! events are the same for every vendor.
@@ -38,7 +38,7 @@ pub(crate) struct Parsed {
 /// A vendor's frames on the shared session loop.
 pub(crate) trait Dialect: Send + 'static {
     /// Vendor name for errors and logs.
-    fn provider(&self) -> &'static str;
+    const PROVIDER: &'static str;
     /// The frame carrying one chunk of caller audio (LINEAR16 little-endian, never empty).
     fn audio(&mut self, bytes: Vec<u8>) -> Message;
     /// What the handle's `finalize()` sends, if this vendor/config wants anything sent.
@@ -57,7 +57,7 @@ pub(crate) trait Dialect: Send + 'static {
 
 /// Spawn the session task on an open (and, where the vendor wants one, configured) socket.
 pub(crate) fn spawn<D: Dialect>(socket: WsStream, dialect: D, timing: Timing) -> (SttHandle, mpsc::Receiver<SttEvent>) {
-    let provider = dialect.provider();
+    let provider = D::PROVIDER;
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
     tokio::spawn(Session { ws: socket, dialect, cmd_rx, ev_tx, timing }.run());
@@ -94,7 +94,7 @@ impl<D: Dialect> Session<D> {
         let terminal = match end {
             End::Closed => SttEvent::Closed,
             End::Failed(e) => {
-                tracing::warn!(error = %e, "{} stream failed", self.dialect.provider());
+                tracing::warn!(error = %e, "{} stream failed", D::PROVIDER);
                 SttEvent::Error(e)
             }
             End::ReceiverGone => return,
@@ -140,13 +140,13 @@ impl<D: Dialect> Session<D> {
     }
 
     async fn send(&mut self, frame: Message) -> Result<(), ProviderError> {
-        let provider = self.dialect.provider();
+        let provider = D::PROVIDER;
         self.ws.send(frame).await.map_err(|e| ws::socket_error(provider, e))
     }
 
     /// Forward one server frame's events; `Some` ends the session.
     async fn on_message(&mut self, msg: Option<Result<Message, tungstenite::Error>>) -> Option<End> {
-        let provider = self.dialect.provider();
+        let provider = D::PROVIDER;
         let parsed = match msg {
             None => return Some(End::Failed(ProviderError::Closed { provider, detail: "socket ended".into() })),
             Some(Err(e)) => return Some(End::Failed(ws::socket_error(provider, e))),
@@ -179,14 +179,14 @@ impl<D: Dialect> Session<D> {
             return End::Closed;
         };
         if let Err(e) = self.send(frame).await {
-            tracing::debug!(error = %e, "{} socket already gone at close", self.dialect.provider());
+            tracing::debug!(error = %e, "{} socket already gone at close", D::PROVIDER);
             return End::Closed;
         }
         let deadline = Instant::now() + self.timing.close_wait;
         loop {
             match tokio::time::timeout_at(deadline, self.ws.next()).await {
                 Err(_) => {
-                    tracing::debug!("{} did not end the stream in time", self.dialect.provider());
+                    tracing::debug!("{} did not end the stream in time", D::PROVIDER);
                     break;
                 }
                 Ok(Some(Ok(Message::Text(text)))) => {
@@ -203,5 +203,43 @@ impl<D: Dialect> Session<D> {
         }
         ws::close_quietly(&mut self.ws).await;
         End::Closed
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::future::Future;
+
+    use futures_util::StreamExt;
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::tungstenite::Message;
+
+    use super::*;
+
+    /// Open a stream with `connect(base_url)` against a loopback server, send nothing, and
+    /// return the first `n` text frames the client sends (its configuration, keepalives, ...).
+    pub(crate) async fn texts_while_idle<F, Fut>(n: usize, connect: F) -> Vec<String>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = Result<(SttHandle, mpsc::Receiver<SttEvent>), ProviderError>>,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("ws://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            let mut texts = Vec::new();
+            while let Some(Ok(msg)) = ws.next().await {
+                if let Message::Text(t) = msg {
+                    texts.push(t.to_string());
+                    if texts.len() == n {
+                        break;
+                    }
+                }
+            }
+            texts
+        });
+        let (_handle, _events) = connect(base).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap()
     }
 }

@@ -157,9 +157,7 @@ struct Soniox {
 }
 
 impl Dialect for Soniox {
-    fn provider(&self) -> &'static str {
-        PROVIDER
-    }
+    const PROVIDER: &'static str = PROVIDER;
 
     fn audio(&mut self, bytes: Vec<u8>) -> Message {
         Message::binary(bytes)
@@ -325,8 +323,6 @@ fn error_detail(msg: &ServerMsg) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::StreamExt;
-    use tokio::net::TcpListener;
 
     fn params(extra: Value) -> SttParams {
         SttParams {
@@ -457,31 +453,15 @@ mod tests {
         assert_eq!(texts(&done), vec![("bye".to_string(), true, false)]);
     }
 
-    /// The keepalive goes out while no audio flows; tested with a short interval.
+    /// The configuration, then keepalives while no audio flows (short interval here).
     #[tokio::test]
     async fn keepalive_when_silent() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut p = params(json!({}));
-        p.base_url = format!("ws://{}", listener.local_addr().unwrap());
-        let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-            let mut texts = Vec::new();
-            while let Some(Ok(msg)) = ws.next().await {
-                if let Message::Text(t) = msg {
-                    texts.push(t.to_string());
-                    if texts.len() == 3 {
-                        break;
-                    }
-                }
-            }
-            texts
-        });
-        let timing = Timing { keepalive: Duration::from_millis(50), close_wait: Duration::from_millis(200) };
-        let (handle, _events) = connect_with(&p, timing).await.unwrap();
-        let texts = tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap();
+        let texts = stt_session::tests::texts_while_idle(3, |base| async move {
+            let timing = Timing { keepalive: Duration::from_millis(50), close_wait: Duration::from_millis(200) };
+            connect_with(&SttParams { base_url: base, ..params(json!({})) }, timing).await
+        })
+        .await;
         assert_eq!(serde_json::from_str::<Value>(&texts[0]).unwrap()["model"], "stt-rt-v4");
         assert_eq!(texts[1..], [r#"{"type":"keepalive"}"#, r#"{"type":"keepalive"}"#]);
-        drop(handle);
     }
 }
