@@ -248,6 +248,7 @@ impl SimState {
             "sarvam_stt_connections": g(&c.sarvam_stt_connections),
             "sarvam_tts_connections": g(&c.sarvam_tts_connections),
             "sarvam_tts_closed_mid_utterance": g(&c.sarvam_tts_closed_mid_utterance),
+            "sarvam_tts_spares_waiting": self.sarvam_tts.spares_waiting(),
             "aura_connections": g(&c.aura_connections),
             "aura_clears": g(&c.aura_clears),
             "config_requests": g(&c.config_requests),

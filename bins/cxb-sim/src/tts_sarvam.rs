@@ -217,6 +217,15 @@ impl Log {
         }
     }
 
+    /// Sockets configured and open with no text yet: warm spares waiting to be used.
+    pub fn spares_waiting(&self) -> usize {
+        let records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        records
+            .iter()
+            .filter(|r| r.configured_ms.is_some() && r.first_text_ms.is_none() && r.closed_ms.is_none())
+            .count()
+    }
+
     pub fn json(&self) -> Value {
         let records = self.records.lock().unwrap_or_else(|p| p.into_inner());
         Value::Array(

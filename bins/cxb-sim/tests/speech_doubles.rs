@@ -268,8 +268,10 @@ async fn sarvam_tts_barge_in_with_the_real_client() {
     let cut_at = interrupted["closed_ms"].as_u64().unwrap();
     let next_reply = conns.iter().find(|c| c["id"] != interrupted["id"] && c["first_text_ms"].is_u64()).unwrap();
     assert!(next_reply["configured_ms"].as_u64().unwrap() <= cut_at, "spare configured before the barge-in: {log}");
-    // connect() opened the first socket, starting t1 opened the spare, starting t2 the next.
+    // connect() opened the first socket, starting t1 opened the spare, starting t2 the next,
+    // which now waits for the next reply.
     assert_eq!(stats["sarvam_tts_connections"], 3, "{stats}");
+    assert_eq!(stats["sarvam_tts_spares_waiting"], 1, "{stats}");
     assert_eq!(get_json(&s, "/sim/timings").await["tts_ttfb_ms"]["count"], 2);
     s.shutdown().await;
 }
@@ -372,5 +374,27 @@ async fn aura_double_is_strict_and_limits_flushes() {
     let mut ws = raw(format!("{base}?model=aura-2-thalia-en&sample_rate=8000"), &auth).await.unwrap();
     ws.send(Message::text("not json")).await.unwrap();
     assert_eq!(drain(&mut ws).await.1, Some(1008));
+    s.shutdown().await;
+}
+
+// ---------------------------------------------------------------- fake API
+
+/// The Indian-language demo bots point their speech blocks at these doubles, and the worker's
+/// own config types read them.
+#[tokio::test]
+async fn speech_demo_bots_are_served() {
+    let s = sim(|_| {}).await;
+    let config = |bot: &'static str| {
+        let url = format!("{}/api/v1/config/{bot}?caller_id=1&stream_id=s&connected_event=%7B%7D", s.url("http"));
+        async move { reqwest::get(url).await.unwrap().bytes().await.unwrap() }
+    };
+    let hindi = cxb_wire::config::BotConfig::from_json(&config("demo-hindi").await).unwrap();
+    assert_eq!((hindi.stt.provider.as_str(), hindi.tts.provider.as_str()), ("soniox", "sarvam"));
+    assert_eq!(hindi.tts.voice_id.as_deref(), Some("anushka"));
+    assert_eq!(hindi.stt.base_url.as_deref(), Some(s.url("ws").as_str()));
+    let sarvam = cxb_wire::config::BotConfig::from_json(&config("demo-sarvam").await).unwrap();
+    assert_eq!((sarvam.stt.provider.as_str(), sarvam.stt.model.as_deref()), ("sarvam", Some("saaras:v3")));
+    let aura = cxb_wire::config::BotConfig::from_json(&config("demo-aura").await).unwrap();
+    assert_eq!((aura.tts.provider.as_str(), aura.tts.model.as_deref()), ("deepgram", Some("aura-2-thalia-en")));
     s.shutdown().await;
 }
