@@ -111,6 +111,9 @@ impl Speaker {
         };
         match v.get("type").and_then(Value::as_str) {
             Some("Speak") => match v.get("text").and_then(Value::as_str) {
+                Some(t) if self.buffer.len() + t.len() > crate::tts_sarvam::MAX_BUFFERED_CHARS * 4 => {
+                    Reply::Close(1008, "too much text without a Flush")
+                }
                 Some(t) => {
                     self.buffer.push_str(t);
                     Reply::None

@@ -51,6 +51,8 @@ const V3_SPEAKERS: [&str; 25] = [
 const CODECS: [&str; 5] = ["linear16", "mulaw", "alaw", "mp3", "wav"];
 const BITRATES: [&str; 5] = ["32k", "64k", "96k", "128k", "192k"];
 const MAX_TEXT_CHARS: usize = 2500;
+/// Text a client may leave buffered (a huge `min_buffer_size` must not grow it without end).
+pub const MAX_BUFFERED_CHARS: usize = 100_000;
 const DEFAULT_MIN_BUFFER: u64 = 50;
 /// Sarvam closes a socket after a minute without messages.
 const IDLE: Duration = Duration::from_secs(60);
@@ -489,6 +491,9 @@ impl Conn {
                 self.state.sarvam_tts.update(self.id, |r, now| {
                     r.first_text_ms.get_or_insert(now);
                 });
+                if self.buffer.len() + t.len() > MAX_BUFFERED_CHARS * 4 {
+                    return Err(format!("more than {MAX_BUFFERED_CHARS} characters buffered without a flush"));
+                }
                 self.buffer.push_str(t);
                 if self.buffer.chars().count() >= self.min_buffer {
                     self.synthesize(synth)?;

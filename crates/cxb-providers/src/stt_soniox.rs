@@ -51,6 +51,10 @@ const PASSTHROUGH_KEYS: &[&str] = &[
     "endpoint_latency_adjustment_level",
     "translation",
 ];
+/// Final tokens held while waiting for an end marker. A server that never sends one (endpoint
+/// detection off and no `finalize`) must not grow the buffer for the whole call: past this the
+/// text is delivered as a final.
+const MAX_HELD_TOKENS: usize = 2000;
 /// Language values that mean "no hint" rather than a language.
 const NO_LANGUAGE: &[&str] = &["", "multi", "auto", "unknown"];
 
@@ -241,7 +245,12 @@ impl TokenAssembler {
                     }
                 }
                 (true, FINALIZE_MARKER) => events.extend(self.flush(false)),
-                (true, _) => self.finals.push(token),
+                (true, _) => {
+                    self.finals.push(token);
+                    if self.finals.len() >= MAX_HELD_TOKENS {
+                        events.extend(self.flush(false));
+                    }
+                }
                 (false, _) => non_final.push(token),
             }
         }
@@ -451,6 +460,24 @@ mod tests {
             parse(&mut a, r#"{"tokens":[],"final_audio_proc_ms":95320,"total_audio_proc_ms":95320,"finished":true}"#);
         assert!(done.finished);
         assert_eq!(texts(&done), vec![("bye".to_string(), true, false)]);
+    }
+
+    /// Without end markers the held finals are bounded: the text comes out as a final.
+    #[test]
+    fn held_tokens_are_bounded() {
+        let mut a = TokenAssembler::default();
+        let tokens: Vec<Value> = (0..MAX_HELD_TOKENS).map(|_| json!({"text": " x", "is_final": true})).collect();
+        let parsed = a.on_message(serde_json::from_value(json!({"tokens": tokens})).unwrap());
+        let finals: Vec<usize> = parsed
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                SttEvent::Transcript(t) if t.is_final => Some(t.text.split_whitespace().count()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(finals, [MAX_HELD_TOKENS]);
+        assert!(a.finals.is_empty());
     }
 
     /// The configuration, then keepalives while no audio flows (short interval here).

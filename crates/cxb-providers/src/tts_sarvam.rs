@@ -559,7 +559,9 @@ impl Stream<'_> {
                     let lost = match msg {
                         Some(Ok(Message::Text(text))) => match parse(text.as_str()) {
                             Some(Incoming::Audio(b64)) => {
+                                // Answered: no replay is possible any more, so stop keeping the text.
                                 self.answered = true;
+                                self.sent = Vec::new();
                                 if !self.audio(&b64).await {
                                     return Outcome::Quiet;
                                 }
@@ -602,7 +604,9 @@ impl Stream<'_> {
     /// Send one message, recovering once from a socket that was dead on arrival.
     async fn send(&mut self, message: Value) -> Result<(), ProviderError> {
         let sent = ws::send_json(PROVIDER, self.socket, &message).await;
-        self.sent.push(message);
+        if !self.answered {
+            self.sent.push(message);
+        }
         match sent {
             Ok(()) => Ok(()),
             Err(e) => self.recover(e).await,
