@@ -560,12 +560,9 @@ pub(crate) fn engine_config(cfg: &BotConfig, rate: u32, transport: &str) -> Engi
     });
     e.voicemail_detection = cfg.voicemail_detection.unwrap_or(true);
     e.voicemail_message = cfg.voicemail_message.clone();
-    e.transfer = Some(cxb_engine::TransferOptions {
-        targets: cfg.transfer_targets.clone(),
-        numbers: cfg.transfer_numbers.clone(),
-        transport: transport.to_string(),
-        pre_transfer_message: cfg.pre_transfer_message.clone(),
-    });
+    e.end_call_message = cfg.end_call_message.clone();
+    e.transfer = cxb_engine::TransferChoices::for_transport(&cfg.transfer_targets, &cfg.transfer_numbers, transport)
+        .map(|choices| cxb_engine::TransferOptions { choices, pre_transfer_message: cfg.pre_transfer_message.clone() });
     e.filler_phrases = cfg.filler.phrases.iter().filter(|p| !p.trim().is_empty()).cloned().collect();
     if let Some(t) = millis(cfg.filler.after_ms, 30_000) {
         e.filler_after = t;
@@ -1017,12 +1014,12 @@ impl<L: CallLink> Driver<'_, L> {
                         self.marks.insert(mark, utterance);
                     }
                 }
-                Action::Transfer { destination, method, kind, target, reason } => {
-                    info!(%destination, %method, %target, %reason, "transferring the call");
-                    let start = if method == cxb_wire::transfer::METHOD_AGENT_DESK {
-                        self.enqueue_handoff(&destination, &target, &reason)
+                Action::Transfer { to, reason } => {
+                    info!(destination = %to.destination, method = %to.method, target = %to.target, %reason, "transferring the call");
+                    let start = if to.is_agent_desk() {
+                        self.enqueue_handoff(&to.destination, &to.target, &reason)
                     } else {
-                        self.link.transfer(&destination, &method, &kind, &reason)
+                        self.link.transfer(&to.destination, &to.method, &to.kind, &reason)
                     };
                     match start {
                         TransferStart::Done(result) => self.tool_results.push(transfer_input(result)),

@@ -1,7 +1,11 @@
 //! Scenario tests with simulated time and scripted providers.
 
 use super::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+
+use cxb_wire::config::TransferTarget;
+use cxb_wire::llm::{ToolCall, Usage};
+use cxb_wire::result::Speaker;
 
 const RATE: u32 = 8000;
 
