@@ -10,6 +10,11 @@ use crate::utterance::UtteranceKind;
 use crate::Conversation;
 
 impl Conversation {
+    /// When a wait that starts now deserves a filler (`None`: no filler phrases).
+    pub(crate) fn filler_due(&self, now: Duration) -> Option<Duration> {
+        (!self.cfg.filler_phrases.is_empty()).then(|| now + self.cfg.filler_after)
+    }
+
     /// The filler timer is the earliest announcement the LLM turn or the tool round has due.
     pub(crate) fn arm_filler_timer(&mut self) {
         let llm = self.llm.as_ref().and_then(|l| l.filler_at);

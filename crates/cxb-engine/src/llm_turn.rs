@@ -51,7 +51,7 @@ impl Conversation {
             messages: self.messages.clone(),
             tools: self.tools.clone(),
         });
-        let filler = !goodbye && !self.cfg.filler_phrases.is_empty();
+        let filler_at = if goodbye { None } else { self.filler_due(now) };
         self.llm = Some(LlmTurn {
             id,
             started_at: now,
@@ -61,7 +61,7 @@ impl Conversation {
             text: String::new(),
             tool_calls: vec![],
             latency_sample,
-            filler_at: filler.then(|| now + self.cfg.filler_after),
+            filler_at,
             goodbye,
         });
         self.timers.set(Timer::LlmFirstToken, now + self.cfg.llm_first_token_timeout);

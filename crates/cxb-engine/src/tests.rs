@@ -560,6 +560,7 @@ fn word_count_ignores_punctuation_only_tokens() {
 }
 
 mod behaviour_scenarios;
+mod goodbye_scenarios;
 
 mod property {
     use super::*;

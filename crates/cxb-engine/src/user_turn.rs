@@ -90,21 +90,18 @@ impl Conversation {
     /// VAD says the caller stopped (and the turn model, if any, agrees): close the turn now, or
     /// wait a bounded time for the STT to catch up.
     fn close_at_speech_stop(&mut self, now: Duration) {
-        if self.user.is_empty() {
-            // Speech with no words yet: wait a bounded time for STT to catch up.
-            self.timers.set(Timer::SttFinal, now + self.cfg.stt_final_wait);
+        let words = !self.user.is_empty();
+        if words && (self.user.interim.trim().is_empty() || self.user.end_signalled) {
+            self.try_close_user_turn(now);
             return;
         }
-        if self.user.interim.trim().is_empty() || self.user.end_signalled {
-            self.try_close_user_turn(now);
-        } else {
+        if words && !self.user.finalize_sent {
             // Words are still pending as an interim result: ask STT to finalize them now.
-            if !self.user.finalize_sent {
-                self.user.finalize_sent = true;
-                self.actions.push_back(Action::FinalizeStt);
-            }
-            self.timers.set(Timer::SttFinal, now + self.cfg.stt_final_wait);
+            self.user.finalize_sent = true;
+            self.actions.push_back(Action::FinalizeStt);
         }
+        // No words yet, or only an interim: wait a bounded time for the STT to catch up.
+        self.timers.set(Timer::SttFinal, now + self.cfg.stt_final_wait);
     }
 
     pub(crate) fn on_transcript(&mut self, now: Duration, text: String, is_final: bool, speech_final: bool) {

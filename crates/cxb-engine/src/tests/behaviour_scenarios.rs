@@ -5,11 +5,11 @@ use super::*;
 
 const LONG_ANSWER: &str = "Your order shipped yesterday and should arrive tomorrow before noon at your door. ";
 
-fn events(sim: &Sim, kind: &str) -> Vec<Value> {
+pub(super) fn events(sim: &Sim, kind: &str) -> Vec<Value> {
     sim.conv.record().events.iter().filter(|e| e.kind == kind).map(|e| Value::Object(e.data.clone())).collect()
 }
 
-fn llm_requests(sim: &Sim) -> Vec<Vec<ChatMessage>> {
+pub(super) fn llm_requests(sim: &Sim) -> Vec<Vec<ChatMessage>> {
     sim.log
         .iter()
         .filter_map(|(_, a)| match a {
@@ -19,7 +19,7 @@ fn llm_requests(sim: &Sim) -> Vec<Vec<ChatMessage>> {
         .collect()
 }
 
-fn spoken(sim: &Sim) -> Vec<String> {
+pub(super) fn spoken(sim: &Sim) -> Vec<String> {
     sim.log
         .iter()
         .filter_map(|(_, a)| match a {
@@ -33,11 +33,11 @@ fn tool_names(sim: &Sim) -> Vec<String> {
     sim.conv.tools().iter().filter_map(|t| t["function"]["name"].as_str().map(str::to_string)).collect()
 }
 
-fn clears(sim: &Sim) -> usize {
+pub(super) fn clears(sim: &Sim) -> usize {
     sim.count(|a| matches!(a, Action::ClearAudio))
 }
 
-fn tool(name: &'static str, args: &'static str) -> Option<Reply> {
+pub(super) fn tool(name: &'static str, args: &'static str) -> Option<Reply> {
     Some(Reply { text: "", tools: vec![(name, args)] })
 }
 

@@ -90,7 +90,7 @@ impl Conversation {
                 Some((text, now + after))
             })
             .collect();
-        let filler_at = (!self.cfg.filler_phrases.is_empty()).then(|| now + self.cfg.filler_after);
+        let filler_at = self.filler_due(now);
         self.tool_round = Some(ToolRound {
             assistant_text,
             calls,
