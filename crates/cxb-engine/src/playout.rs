@@ -55,8 +55,7 @@ impl Conversation {
     pub(crate) fn after_playout_change(&mut self, now: Duration) {
         self.timers.clear(Timer::AfterPlayout);
         let mut retired = false;
-        loop {
-            let Some(front) = self.speech.queue.front_mut() else { break };
+        while let Some(front) = self.speech.queue.front_mut() {
             if !front.finished_playing() {
                 break;
             }
