@@ -197,6 +197,17 @@ impl Sim {
         })
     }
 
+    /// When each LLM request went out, and its turn.
+    fn llm_starts(&self) -> Vec<(Duration, u64)> {
+        self.log
+            .iter()
+            .filter_map(|(t, a)| match a {
+                Action::StartLlm { turn, .. } => Some((*t, *turn)),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn transcript(&self) -> Vec<(Speaker, String, bool)> {
         let mut t = self.conv.record().transcript.clone();
         t.sort_by_key(|l| l.at);
@@ -567,14 +578,7 @@ fn an_older_time_counts_as_the_latest_one() {
     sim.advance(secs(3.0));
     sim.caller_says("where is my order", 1000);
     sim.advance(secs(2.0));
-    let (asked, turn) = sim
-        .log
-        .iter()
-        .find_map(|(t, a)| match a {
-            Action::StartLlm { turn, .. } => Some((*t, *turn)),
-            _ => None,
-        })
-        .unwrap();
+    let (asked, turn) = sim.llm_starts()[0];
     sim.conv.handle_timeout(sim.now);
     // Inputs stamped before the request went out (clock readings that crossed threads).
     sim.conv.handle(asked - secs(1.0), Input::LlmToken { turn, text: "Sure thing. ".into() });

@@ -38,49 +38,48 @@ fn assert_goodbye_then_hang_up(sim: &Sim, goodbye: &str) {
     assert_eq!(sim.transcript().last().unwrap(), &(Speaker::Bot, goodbye.to_string(), false));
 }
 
+/// A call where the LLM ends the call with a bare `end_call`, then answers the request for a
+/// goodbye with `follow_up` (`None`: never).
+fn bare_end_call(c: EngineConfig, follow_up: Option<Reply>) -> Sim {
+    let mut sim = Sim::new(c);
+    sim.llm_script.push_back(tool(END_CALL_TOOL, "{}"));
+    sim.llm_script.push_back(follow_up);
+    caller_wraps_up(&mut sim);
+    sim
+}
+
 /// The request for a goodbye: when it went out and its turn.
 fn follow_up_request(sim: &Sim) -> (Duration, u64) {
-    sim.log
-        .iter()
-        .filter_map(|(t, a)| match a {
-            Action::StartLlm { turn, .. } => Some((*t, *turn)),
-            _ => None,
-        })
-        .nth(1)
-        .expect("a follow-up request")
+    sim.llm_starts()[1]
+}
+
+/// An `end_call` that brings its own goodbye: no second request, the goodbye plays, hang-up.
+fn end_call_with_its_own_goodbye(reply: Reply, goodbye: &str, source: &str) {
+    let mut sim = Sim::new(goodbye_cfg());
+    sim.llm_script.push_back(Some(reply));
+    caller_wraps_up(&mut sim);
+    sim.advance(secs(10.0));
+    assert_eq!(llm_requests(&sim).len(), 1);
+    assert_goodbye_then_hang_up(&sim, goodbye);
+    assert_eq!(goodbye_sources(&sim), [source]);
 }
 
 #[test]
 fn end_call_with_a_final_message_says_it_without_asking_again() {
-    let mut sim = Sim::new(goodbye_cfg());
-    sim.llm_script.push_back(tool(END_CALL_TOOL, r#"{"final_message":"Thanks for calling, goodbye!"}"#));
-    caller_wraps_up(&mut sim);
-    sim.advance(secs(10.0));
-    assert_eq!(llm_requests(&sim).len(), 1);
-    assert_goodbye_then_hang_up(&sim, "Thanks for calling, goodbye!");
-    assert_eq!(goodbye_sources(&sim), ["final_message"]);
+    let args = r#"{"final_message":"Thanks for calling, goodbye!"}"#;
+    let reply = Reply { text: "", tools: vec![(END_CALL_TOOL, args)] };
+    end_call_with_its_own_goodbye(reply, "Thanks for calling, goodbye!", "final_message");
 }
 
 #[test]
 fn end_call_after_spoken_words_needs_no_follow_up() {
-    let mut sim = Sim::new(goodbye_cfg());
-    sim.llm_script.push_back(Some(Reply {
-        text: "Thanks for calling, have a lovely evening.",
-        tools: vec![(END_CALL_TOOL, "{}")],
-    }));
-    caller_wraps_up(&mut sim);
-    sim.advance(secs(10.0));
-    assert_eq!(llm_requests(&sim).len(), 1);
-    assert_goodbye_then_hang_up(&sim, "Thanks for calling, have a lovely evening.");
-    assert_eq!(goodbye_sources(&sim), ["reply"]);
+    let text = "Thanks for calling, have a lovely evening.";
+    end_call_with_its_own_goodbye(Reply { text, tools: vec![(END_CALL_TOOL, "{}")] }, text, "reply");
 }
 
 #[test]
 fn a_bare_end_call_asks_the_llm_for_a_goodbye_and_hangs_up_once_it_is_heard() {
-    let mut sim = Sim::new(goodbye_cfg());
-    sim.llm_script.push_back(tool(END_CALL_TOOL, "{}"));
-    sim.llm_script.push_back(say(FOLLOW_UP));
-    caller_wraps_up(&mut sim);
+    let mut sim = bare_end_call(goodbye_cfg(), say(FOLLOW_UP));
     sim.advance(secs(10.0));
     let reqs = llm_requests(&sim);
     assert_eq!(reqs.len(), 2);
@@ -110,10 +109,7 @@ fn a_bare_end_call_asks_the_llm_for_a_goodbye_and_hangs_up_once_it_is_heard() {
 
 #[test]
 fn a_failed_follow_up_falls_back_to_the_end_call_message() {
-    let mut sim = Sim::new(goodbye_cfg());
-    sim.llm_script.push_back(tool(END_CALL_TOOL, "{}"));
-    sim.llm_script.push_back(None);
-    caller_wraps_up(&mut sim);
+    let mut sim = bare_end_call(goodbye_cfg(), None);
     sim.advance(secs(1.6));
     let (_, turn) = follow_up_request(&sim);
     sim.input(Input::LlmFailed { turn, error: "HTTP 503".into() });
@@ -126,10 +122,7 @@ fn a_failed_follow_up_falls_back_to_the_end_call_message() {
 
 #[test]
 fn a_follow_up_that_never_answers_times_out_into_the_end_call_message() {
-    let mut sim = Sim::new(goodbye_cfg());
-    sim.llm_script.push_back(tool(END_CALL_TOOL, "{}"));
-    sim.llm_script.push_back(None);
-    caller_wraps_up(&mut sim);
+    let mut sim = bare_end_call(goodbye_cfg(), None);
     sim.advance(secs(20.0));
     let (asked, turn) = follow_up_request(&sim);
     assert_eq!(sim.count(|a| matches!(a, Action::CancelLlm { turn: t } if *t == turn)), 1);
@@ -141,10 +134,7 @@ fn a_follow_up_that_never_answers_times_out_into_the_end_call_message() {
 
 #[test]
 fn an_empty_follow_up_falls_back_to_the_end_call_message() {
-    let mut sim = Sim::new(goodbye_cfg());
-    sim.llm_script.push_back(tool(END_CALL_TOOL, "{}"));
-    sim.llm_script.push_back(say(""));
-    caller_wraps_up(&mut sim);
+    let mut sim = bare_end_call(goodbye_cfg(), say(""));
     sim.advance(secs(10.0));
     assert_goodbye_then_hang_up(&sim, FALLBACK);
     assert_eq!(goodbye_sources(&sim), ["end_call_message"]);
@@ -154,11 +144,8 @@ fn an_empty_follow_up_falls_back_to_the_end_call_message() {
 fn a_tool_call_in_the_follow_up_is_ignored_and_the_end_call_message_plays() {
     let mut c = goodbye_cfg();
     c.custom_tools = vec![json!({"name": "lookup", "parameters": {}})];
-    let mut sim = Sim::new(c);
-    sim.llm_script.push_back(tool(END_CALL_TOOL, "{}"));
-    sim.llm_script.push_back(tool("lookup", "{}"));
+    let mut sim = bare_end_call(c, tool("lookup", "{}"));
     sim.llm_script.push_back(say("This must never be asked for."));
-    caller_wraps_up(&mut sim);
     sim.advance(secs(10.0));
     assert_eq!(llm_requests(&sim).len(), 2, "no loop");
     assert_eq!(sim.count(|a| matches!(a, Action::RunTool { .. })), 0);
@@ -170,11 +157,8 @@ fn a_tool_call_in_the_follow_up_is_ignored_and_the_end_call_message_plays() {
 fn caller_speech_and_keys_during_the_goodbye_do_not_cut_it() {
     let mut c = goodbye_cfg();
     c.pause_on_speech = true;
-    let mut sim = Sim::new(c);
+    let mut sim = bare_end_call(c, say(LONG_FOLLOW_UP));
     sim.llm_delay = secs(1.0);
-    sim.llm_script.push_back(tool(END_CALL_TOOL, "{}"));
-    sim.llm_script.push_back(say(LONG_FOLLOW_UP));
-    caller_wraps_up(&mut sim);
     // The turn closes at 4.3 s; end_call at 5.3 s; the goodbye is asked for and comes at 6.3 s.
     sim.advance(secs(2.4));
     sim.caller_says("hello are you still there", 700);
@@ -193,10 +177,7 @@ fn caller_speech_and_keys_during_the_goodbye_do_not_cut_it() {
 
 #[test]
 fn a_hang_up_during_the_goodbye_ends_the_call_as_customer() {
-    let mut sim = Sim::new(goodbye_cfg());
-    sim.llm_script.push_back(tool(END_CALL_TOOL, "{}"));
-    sim.llm_script.push_back(say(LONG_FOLLOW_UP));
-    caller_wraps_up(&mut sim);
+    let mut sim = bare_end_call(goodbye_cfg(), say(LONG_FOLLOW_UP));
     sim.advance(secs(2.5));
     let (asked, _) = follow_up_request(&sim);
     assert!(sim.log.iter().any(|(t, a)| is_play(a) && *t > asked), "the goodbye is playing");
@@ -211,10 +192,7 @@ fn a_hang_up_during_the_goodbye_ends_the_call_as_customer() {
 fn an_empty_end_call_message_hangs_up_without_a_fallback() {
     let mut c = goodbye_cfg();
     c.end_call_message = "  ".into();
-    let mut sim = Sim::new(c);
-    sim.llm_script.push_back(tool(END_CALL_TOOL, "{}"));
-    sim.llm_script.push_back(say(""));
-    caller_wraps_up(&mut sim);
+    let mut sim = bare_end_call(c, say(""));
     sim.advance(secs(10.0));
     assert_eq!(sim.ended(), Some((DisconnectedBy::Bot, true)));
     assert_eq!(spoken(&sim).len(), 1, "only the opening was spoken");
