@@ -66,7 +66,7 @@ pub fn choose_reply(script: &crate::Script, messages: &[Value]) -> Reply {
     let Some(last) = messages.last() else { return script.default_reply.clone() };
     match last.get("role").and_then(Value::as_str) {
         Some("user") => script.reply_for_user(&content_text(last)).clone(),
-        Some("tool") => script.reply_after_tool(tool_name(messages, last)),
+        Some("tool") => script.reply_after_tool(tool_name(messages, last), &content_text(last)),
         _ => script.default_reply.clone(),
     }
 }
@@ -338,6 +338,7 @@ mod tests {
         let reply = Reply {
             text: String::new(),
             tool_calls: vec![ToolCallSpec { name: "end_call".into(), arguments: json!({"final_message": "Bye!"}) }],
+            ..Reply::default()
         };
         let ctx = ChunkCtx { id: "chatcmpl-1", created: 1, model: "m" };
         let chunks = plan_chunks(&ctx, &reply, 7);
@@ -368,7 +369,7 @@ mod tests {
 
     #[test]
     fn text_chunks_and_usage() {
-        let reply = Reply { text: "Of course. Bye".into(), tool_calls: vec![] };
+        let reply = Reply { text: "Of course. Bye".into(), ..Reply::default() };
         let ctx = ChunkCtx { id: "c", created: 1, model: "m" };
         let chunks = plan_chunks(&ctx, &reply, 1);
         let contents: Vec<&str> = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
@@ -402,7 +403,7 @@ mod tests {
     fn a_tool_result_is_answered_by_that_tools_reply() {
         let mut s = crate::Script::embedded();
         s.after_tool_replies
-            .insert("end_call".into(), crate::script::Reply { text: "Goodbye!".into(), tool_calls: vec![] });
+            .insert("end_call".into(), crate::script::Reply { text: "Goodbye!".into(), ..Default::default() });
         let call = |id: &str, name: &str| {
             json!({"role": "assistant", "content": null, "tool_calls": [
                 {"id": id, "type": "function", "function": {"name": name, "arguments": "{}"}}]})
