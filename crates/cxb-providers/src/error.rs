@@ -16,6 +16,9 @@ pub enum ProviderError {
     Remote { provider: &'static str, detail: String },
     #[error("{provider}: input backlog full; the provider is not keeping up")]
     Backlog { provider: &'static str },
+    /// The bot's provider block cannot work as configured (a missing project, an unusable key).
+    #[error("{provider}: configuration: {detail}")]
+    Config { provider: &'static str, detail: String },
     #[error("unsupported provider {0:?}")]
     Unsupported(String),
 }
@@ -30,6 +33,7 @@ impl ProviderError {
             | Self::Timeout { provider, .. }
             | Self::Closed { provider, .. }
             | Self::Remote { provider, .. }
+            | Self::Config { provider, .. }
             | Self::Backlog { provider } => provider,
             Self::Unsupported(_) => "unknown",
         }

@@ -6,12 +6,15 @@
 
 use std::collections::BTreeMap;
 
+use std::time::Duration;
+
 use cxb_wire::llm::{ChatMessage, ChatRequest, ToolCall, Usage};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
 use crate::llm::{LlmEvent, LlmParams};
+use crate::prompt_cache::{split_system, CacheReport};
 use crate::ws::{truncate, MAX_ERROR_BODY};
 use crate::ProviderError;
 
@@ -37,26 +40,14 @@ async fn stream_completion(
 ) -> Result<(), ProviderError> {
     let url = format!("{}/chat/completions", params.base_url.trim_end_matches('/'));
     let send = http.post(&url).bearer_auth(&params.api_key).json(&request_body(req)).send();
-    let mut resp = tokio::time::timeout(params.idle_timeout, send)
-        .await
-        .map_err(|_| timeout("waiting for response headers"))?
-        .map_err(|e| ProviderError::Connect { provider: PROVIDER, detail: error_chain(&e) })?;
+    let resp = send_bounded(PROVIDER, params.idle_timeout, send).await?;
     if !resp.status().is_success() {
         return Err(status_error(resp, params).await);
     }
 
-    let mut parser = SseParser::default();
+    let mut body = SseBody::new(PROVIDER, resp, params.idle_timeout);
     let mut acc = Accumulator::default();
-    loop {
-        let chunk = tokio::time::timeout(params.idle_timeout, resp.chunk())
-            .await
-            .map_err(|_| timeout("waiting for the next chunk"))?
-            .map_err(|e| ProviderError::Closed { provider: PROVIDER, detail: error_chain(&e) })?;
-        let (payloads, body_ended) = match chunk {
-            Some(bytes) => (parser.feed(&bytes)?, false),
-            // A final event may lack its blank-line terminator.
-            None => (parser.finish().into_iter().collect(), true),
-        };
+    while let Some(payloads) = body.next().await? {
         for data in payloads {
             if let Some(token) = acc.on_data(&data)? {
                 if tx.send(LlmEvent::Token(token)).await.is_err() {
@@ -64,22 +55,20 @@ async fn stream_completion(
                 }
             }
             if acc.done {
-                return emit_end(acc, tx).await;
+                return emit_end(acc, req, tx).await;
             }
-        }
-        if body_ended {
-            break;
         }
     }
     // No `[DONE]`: still a usable answer if the model said it had finished.
     if acc.finish_reason.is_some() {
-        return emit_end(acc, tx).await;
+        return emit_end(acc, req, tx).await;
     }
     Err(ProviderError::Closed { provider: PROVIDER, detail: "stream ended before [DONE]".into() })
 }
 
-async fn emit_end(acc: Accumulator, tx: &mpsc::Sender<LlmEvent>) -> Result<(), ProviderError> {
-    for event in acc.into_events() {
+async fn emit_end(acc: Accumulator, req: &ChatRequest, tx: &mpsc::Sender<LlmEvent>) -> Result<(), ProviderError> {
+    let cache = req.prompt_cache.as_ref().map(|_| CacheReport::from_usage(acc.usage.as_ref()));
+    for event in acc.into_events(cache) {
         if tx.send(event).await.is_err() {
             break;
         }
@@ -87,12 +76,61 @@ async fn emit_end(acc: Accumulator, tx: &mpsc::Sender<LlmEvent>) -> Result<(), P
     Ok(())
 }
 
-fn timeout(what: &str) -> ProviderError {
-    ProviderError::Timeout { provider: PROVIDER, what: what.to_string() }
+/// Sends a request, bounded by `wait` up to the response headers.
+pub(crate) async fn send_bounded(
+    provider: &'static str,
+    wait: Duration,
+    send: impl std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+) -> Result<reqwest::Response, ProviderError> {
+    tokio::time::timeout(wait, send)
+        .await
+        .map_err(|_| ProviderError::Timeout { provider, what: "waiting for response headers".into() })?
+        .map_err(|e| ProviderError::Connect { provider, detail: error_chain(&e) })
+}
+
+/// The SSE payloads of a streaming response body, each read bounded by the idle timeout.
+pub(crate) struct SseBody {
+    provider: &'static str,
+    resp: reqwest::Response,
+    parser: SseParser,
+    idle_timeout: Duration,
+    ended: bool,
+}
+
+impl SseBody {
+    pub(crate) fn new(provider: &'static str, resp: reqwest::Response, idle_timeout: Duration) -> Self {
+        Self { provider, resp, parser: SseParser::new(provider), idle_timeout, ended: false }
+    }
+
+    /// The payloads completed by the next piece of the body; `None` once the body has ended
+    /// (its last payloads were returned before).
+    pub(crate) async fn next(&mut self) -> Result<Option<Vec<String>>, ProviderError> {
+        if self.ended {
+            return Ok(None);
+        }
+        let provider = self.provider;
+        let chunk = tokio::time::timeout(self.idle_timeout, self.resp.chunk())
+            .await
+            .map_err(|_| ProviderError::Timeout { provider, what: "waiting for the next chunk".into() })?
+            .map_err(|e| ProviderError::Closed { provider, detail: error_chain(&e) })?;
+        match chunk {
+            Some(bytes) => Ok(Some(self.parser.feed(&bytes)?)),
+            None => {
+                self.ended = true;
+                // A final event may lack its blank-line terminator.
+                Ok(Some(self.parser.finish().into_iter().collect()))
+            }
+        }
+    }
+
+    /// Body lines that were not SSE fields (an error body sent without `data:` framing).
+    pub(crate) fn stray_text(&self) -> &str {
+        &self.parser.stray
+    }
 }
 
 /// reqwest's Display hides the cause ("error sending request"); the chain says why.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -104,18 +142,23 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Non-2xx: keep the first 2 KB of the body (the vendor's error JSON), bounded in time too.
-async fn status_error(mut resp: reqwest::Response, params: &LlmParams) -> ProviderError {
+async fn status_error(resp: reqwest::Response, params: &LlmParams) -> ProviderError {
     let status = resp.status().as_u16();
+    let body = error_body(resp, params.idle_timeout).await;
+    ProviderError::Status { provider: PROVIDER, status, body }
+}
+
+/// The first 2 KB of an error response's body, each read bounded by `wait`.
+pub(crate) async fn error_body(mut resp: reqwest::Response, wait: Duration) -> String {
     let mut body = Vec::new();
     while body.len() < MAX_ERROR_BODY {
-        match tokio::time::timeout(params.idle_timeout, resp.chunk()).await {
+        match tokio::time::timeout(wait, resp.chunk()).await {
             Ok(Ok(Some(bytes))) => body.extend_from_slice(&bytes),
             _ => break,
         }
     }
     body.truncate(MAX_ERROR_BODY);
-    let body = truncate(String::from_utf8_lossy(&body).into_owned(), MAX_ERROR_BODY);
-    ProviderError::Status { provider: PROVIDER, status, body }
+    truncate(String::from_utf8_lossy(&body).into_owned(), MAX_ERROR_BODY)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -126,7 +169,22 @@ pub(crate) fn request_body(req: &ChatRequest) -> Value {
     body.insert("model".into(), json!(req.model));
     body.insert("stream".into(), json!(true));
     body.insert("stream_options".into(), json!({ "include_usage": true }));
-    body.insert("messages".into(), Value::Array(req.messages.iter().map(message_json).collect()));
+    let mut messages = Vec::with_capacity(req.messages.len() + 1);
+    match &req.prompt_cache {
+        // The cacheable block first: OpenAI caches the longest prefix it has seen before.
+        Some(cache) => {
+            let system = split_system(req);
+            messages.push(json!({ "role": "system", "content": system.joined() }));
+            messages.extend(system.conversation.iter().map(message_json));
+            let key = cache.openai_key.clone().unwrap_or_else(|| format!("{}:{}", cache.key, cache.static_version));
+            body.insert("prompt_cache_key".into(), json!(key));
+            if let Some(retention) = &cache.retention {
+                body.insert("prompt_cache_retention".into(), json!(retention));
+            }
+        }
+        None => messages.extend(req.messages.iter().map(message_json)),
+    }
+    body.insert("messages".into(), Value::Array(messages));
     if !req.tools.is_empty() {
         body.insert("tools".into(), Value::Array(req.tools.clone()));
         body.insert("tool_choice".into(), json!("auto"));
@@ -144,7 +202,7 @@ pub(crate) fn request_body(req: &ChatRequest) -> Value {
 }
 
 /// `0.3f32 as f64` is 0.30000001192…; go through the shortest decimal form instead.
-fn f32_to_f64(v: f32) -> f64 {
+pub(crate) fn f32_to_f64(v: f32) -> f64 {
     v.to_string().parse().unwrap_or(f64::from(v))
 }
 
@@ -188,22 +246,46 @@ fn message_json(msg: &ChatMessage) -> Value {
 
 /// Incremental `text/event-stream` parser. Works on bytes and decodes only whole lines, so a
 /// network split in the middle of a line or a UTF-8 sequence is harmless.
-#[derive(Default)]
 pub(crate) struct SseParser {
+    /// Named in the errors it returns.
+    provider: &'static str,
     buf: Vec<u8>,
     /// Bytes of `buf` already known to hold no newline.
     scanned: usize,
     data: String,
     has_data: bool,
     total: usize,
+    /// The first lines that were no SSE field (bounded): an error body sent without framing.
+    stray: String,
 }
 
+impl Default for SseParser {
+    fn default() -> Self {
+        Self::new(PROVIDER)
+    }
+}
+
+/// How much of the unframed body an [`SseParser`] keeps for the error it may hold.
+const MAX_STRAY_BYTES: usize = 16 * 1024;
+
 impl SseParser {
+    pub(crate) fn new(provider: &'static str) -> Self {
+        Self {
+            provider,
+            buf: Vec::new(),
+            scanned: 0,
+            data: String::new(),
+            has_data: false,
+            total: 0,
+            stray: String::new(),
+        }
+    }
+
     /// Feed raw body bytes; returns the `data` payloads of the events completed by them.
     pub(crate) fn feed(&mut self, bytes: &[u8]) -> Result<Vec<String>, ProviderError> {
         self.total += bytes.len();
         if self.total > MAX_RESPONSE_BYTES {
-            return Err(protocol(format!("response larger than {MAX_RESPONSE_BYTES} bytes")));
+            return Err(self.protocol(format!("response larger than {MAX_RESPONSE_BYTES} bytes")));
         }
         self.buf.extend_from_slice(bytes);
         let mut events = Vec::new();
@@ -211,7 +293,7 @@ impl SseParser {
         while let Some(pos) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
             let end = self.scanned + pos;
             if end - start > MAX_LINE_BYTES {
-                return Err(protocol(format!("SSE line longer than {MAX_LINE_BYTES} bytes")));
+                return Err(self.protocol(format!("SSE line longer than {MAX_LINE_BYTES} bytes")));
             }
             let line = self.buf[start..end].strip_suffix(b"\r").unwrap_or(&self.buf[start..end]);
             let line = String::from_utf8_lossy(line).into_owned();
@@ -224,7 +306,7 @@ impl SseParser {
         self.buf.drain(..start);
         self.scanned -= start;
         if self.buf.len() > MAX_LINE_BYTES {
-            return Err(protocol(format!("SSE line longer than {MAX_LINE_BYTES} bytes")));
+            return Err(self.protocol(format!("SSE line longer than {MAX_LINE_BYTES} bytes")));
         }
         Ok(events)
     }
@@ -252,19 +334,27 @@ impl SseParser {
             return None; // comment / keep-alive
         }
         let (field, value) = line.split_once(':').unwrap_or((line, ""));
-        if field == "data" {
-            if self.has_data {
-                self.data.push('\n');
+        match field {
+            "data" => {
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.data.push_str(value.strip_prefix(' ').unwrap_or(value));
+                self.has_data = true;
             }
-            self.data.push_str(value.strip_prefix(' ').unwrap_or(value));
-            self.has_data = true;
+            "event" | "id" | "retry" => {}
+            _ if self.stray.len() + line.len() < MAX_STRAY_BYTES => {
+                self.stray.push_str(line);
+                self.stray.push('\n');
+            }
+            _ => {}
         }
         None
     }
-}
 
-fn protocol(detail: String) -> ProviderError {
-    ProviderError::Protocol { provider: PROVIDER, detail }
+    fn protocol(&self, detail: String) -> ProviderError {
+        ProviderError::Protocol { provider: self.provider, detail }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -327,6 +417,8 @@ impl From<UsageJson> for Usage {
             total_tokens: u.total_tokens.unwrap_or(0),
             cached_tokens: details.as_ref().and_then(|d| d.cached_tokens).unwrap_or(0),
             cache_write_tokens: details.as_ref().and_then(|d| d.cache_write_tokens).unwrap_or(0),
+            // OpenAI counts reasoning inside `completion_tokens`.
+            thoughts_tokens: 0,
         }
     }
 }
@@ -416,12 +508,13 @@ impl Accumulator {
         }
     }
 
-    /// `ToolCalls` (if any) then `Done`.
-    pub(crate) fn into_events(self) -> Vec<LlmEvent> {
-        let mut events = Vec::with_capacity(2);
+    /// `ToolCalls` (if any), the cache report (if any), then `Done`.
+    pub(crate) fn into_events(self, cache: Option<CacheReport>) -> Vec<LlmEvent> {
+        let mut events = Vec::with_capacity(3);
         if !self.tool_calls.is_empty() {
             events.push(LlmEvent::ToolCalls(self.tool_calls.into_values().collect()));
         }
+        events.extend(cache.map(LlmEvent::Cache));
         events.push(LlmEvent::Done { finish_reason: self.finish_reason, usage: self.usage });
         events
     }
