@@ -8,7 +8,10 @@
 pub mod audio;
 pub mod dialler;
 pub mod fake_api;
+pub mod llm_anthropic;
+pub mod llm_gemini;
 pub mod llm_openai;
+pub mod oauth_token;
 pub mod protocols;
 pub mod script;
 pub mod stats;
@@ -160,6 +163,10 @@ pub struct SimState {
     pub next_call_id: AtomicU64,
     /// Requests seen by the telephony REST fakes.
     pub telephony: telephony_fakes::Store,
+    /// Gemini / Vertex caches and requests; the Google token endpoint; Anthropic prompt caches.
+    pub google: llm_gemini::Store,
+    pub oauth: oauth_token::Store,
+    pub anthropic: llm_anthropic::Store,
 }
 
 pub const LLM_REQUESTS_KEPT: usize = 200;
@@ -195,6 +202,9 @@ impl SimState {
             timings: DoubleTimings::default(),
             next_call_id: AtomicU64::new(1),
             telephony: telephony_fakes::Store::default(),
+            google: Default::default(),
+            oauth: Default::default(),
+            anthropic: Default::default(),
         }
     }
 
@@ -250,6 +260,9 @@ pub fn router(state: Arc<SimState>) -> Router {
         .route("/v1/text-to-speech/{voice_id}/stream-input", get(tts_elevenlabs::handler))
         .merge(fake_api::routes())
         .merge(telephony_fakes::routes())
+        .merge(llm_gemini::routes())
+        .merge(oauth_token::routes())
+        .merge(llm_anthropic::routes())
         .with_state(state)
 }
 

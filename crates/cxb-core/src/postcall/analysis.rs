@@ -181,7 +181,7 @@ async fn complete(
                     text.push_str(&t);
                 }
             }
-            Some(LlmEvent::ToolCalls(_)) => {}
+            Some(LlmEvent::ToolCalls(_) | LlmEvent::Cache(_)) => {}
             Some(LlmEvent::Done { finish_reason, usage }) => return Ok((text, finish_reason, usage)),
             Some(LlmEvent::Error(e)) => return Err(e),
             None => {
