@@ -1064,9 +1064,11 @@ impl Checker {
             {
                 Some(t.to_ascii_uppercase())
             }
-            Some(other) => return Err(invalid(format!(
+            Some(other) => {
+                return Err(invalid(format!(
                 "Invalid value at '{at}.type' (type.googleapis.com/google.ai.generativelanguage.v1beta.Type), {other}"
-            ))),
+            )))
+            }
         };
         if let Some(values) = field(o, "enum") {
             for (i, v) in values.as_array().into_iter().flatten().enumerate() {

@@ -124,6 +124,22 @@ impl LlmClient {
         };
         LlmStream { rx, task }
     }
+
+    /// Makes a request's explicit prompt cache (Gemini, Vertex) ready without generating anything:
+    /// called at call start, while the greeting plays, it lets the first turn find the cache
+    /// instead of waiting for its creation. Runs in the background; a failure only logs (the turn
+    /// will report it). Other vendors cache on first use: nothing to do.
+    pub fn prewarm_prompt_cache(&self, params: &LlmParams, request: ChatRequest) {
+        if request.prompt_cache.is_none() {
+            return;
+        }
+        let (http, params, google) = (self.http.clone(), params.clone(), self.google.clone());
+        match params.provider.as_str() {
+            "google" => drop(tokio::spawn(crate::llm_gemini::prewarm(http, params, request, google))),
+            "google_vertex" => drop(tokio::spawn(crate::llm_vertex::prewarm(http, params, request, google))),
+            _ => {}
+        }
+    }
 }
 
 /// Receiver of one request's events. Dropping it cancels the request.

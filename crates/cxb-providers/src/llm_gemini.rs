@@ -175,6 +175,26 @@ pub(crate) async fn run(
     generate(&http, &params, &req, &tx, &shared, endpoint).await
 }
 
+/// [`crate::llm::LlmClient::prewarm_prompt_cache`] on the Gemini API.
+pub(crate) async fn prewarm(http: reqwest::Client, params: LlmParams, req: ChatRequest, shared: GoogleShared) {
+    match api_endpoint(&params, &req.model) {
+        Ok(endpoint) => prewarm_endpoint(&http, &req, &shared, endpoint).await,
+        Err(e) => tracing::debug!(error = %e, "prompt cache not prewarmed"),
+    }
+}
+
+pub(crate) async fn prewarm_endpoint(
+    http: &reqwest::Client,
+    req: &ChatRequest,
+    shared: &GoogleShared,
+    endpoint: Endpoint,
+) {
+    let tools = tool_specs(&req.tools);
+    if let Some(cache) = CacheUse::start(http, req, &tools, &endpoint, shared).await {
+        tracing::debug!(status = cache.report.status.as_str(), detail = ?cache.report.detail, "prompt cache prewarmed");
+    }
+}
+
 pub(crate) async fn report_failure(e: ProviderError, req: &ChatRequest, tx: &mpsc::Sender<LlmEvent>) {
     tracing::warn!(error = %e, model = %req.model, "LLM request failed");
     let _ = tx.send(LlmEvent::Error(e)).await;

@@ -570,6 +570,44 @@ mod tests {
     }
 
     #[test]
+    fn prompt_cache_hints() {
+        let mut req = ChatRequest {
+            model: "m".into(),
+            messages: vec![ChatMessage::System("notes".into()), ChatMessage::User("hi".into())],
+            prompt_cache: Some(cxb_wire::llm::PromptCache {
+                key: "bot-1".into(),
+                static_system: "STATIC".into(),
+                dynamic_system: "DYN".into(),
+                static_version: "v2".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let body = request_body(&req);
+        assert_eq!(body["messages"][0], json!({"role": "system", "content": "STATIC\n\nDYN\n\nnotes"}));
+        assert_eq!(body["messages"][1], json!({"role": "user", "content": "hi"}));
+        assert_eq!(body["prompt_cache_key"], "bot-1:v2");
+        assert!(body.get("prompt_cache_retention").is_none());
+        if let Some(cache) = &mut req.prompt_cache {
+            cache.openai_key = Some("custom".into());
+            cache.retention = Some("24h".into());
+        }
+        let body = request_body(&req);
+        assert_eq!(
+            (body["prompt_cache_key"].as_str(), body["prompt_cache_retention"].as_str()),
+            (Some("custom"), Some("24h"))
+        );
+
+        let mut acc = Accumulator::default();
+        acc.on_data(r#"{"choices":[],"usage":{"prompt_tokens":2000,"completion_tokens":5,"total_tokens":2005,"prompt_tokens_details":{"cached_tokens":1920}}}"#).unwrap();
+        acc.on_data(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#).unwrap();
+        let report = CacheReport::from_usage(acc.usage.as_ref());
+        let events = acc.into_events(Some(report));
+        assert!(matches!(&events[0], LlmEvent::Cache(r) if r.status == crate::prompt_cache::CacheStatus::Hit));
+        assert!(matches!(events[1], LlmEvent::Done { .. }));
+    }
+
+    #[test]
     fn body_shape() {
         let req = ChatRequest {
             model: "m".into(),

@@ -15,7 +15,8 @@ use url::Url;
 
 use crate::llm::{LlmEvent, LlmParams};
 use crate::llm_gemini::{
-    bare_model, generate, join_segments, parse_root, report_failure, Endpoint, Flavour, GoogleAuth, GoogleShared,
+    bare_model, generate, join_segments, parse_root, prewarm_endpoint, report_failure, Endpoint, Flavour, GoogleAuth,
+    GoogleShared,
 };
 use crate::ProviderError;
 
@@ -32,6 +33,14 @@ pub(crate) async fn run(
     match endpoint(&params, &req, &shared).await {
         Ok(endpoint) => generate(&http, &params, &req, &tx, &shared, endpoint).await,
         Err(e) => report_failure(e, &req, &tx).await,
+    }
+}
+
+/// [`crate::llm::LlmClient::prewarm_prompt_cache`] on Vertex AI.
+pub(crate) async fn prewarm(http: reqwest::Client, params: LlmParams, req: ChatRequest, shared: GoogleShared) {
+    match endpoint(&params, &req, &shared).await {
+        Ok(endpoint) => prewarm_endpoint(&http, &req, &shared, endpoint).await,
+        Err(e) => tracing::debug!(error = %e, "prompt cache not prewarmed"),
     }
 }
 

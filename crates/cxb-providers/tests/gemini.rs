@@ -453,3 +453,22 @@ async fn usage_maps_cached_and_thought_tokens() {
     assert_eq!(u.total_tokens, u.prompt_tokens + u.completion_tokens + u.thoughts_tokens);
     assert_eq!(u.fresh_prompt_tokens(), u.prompt_tokens - u.cached_tokens);
 }
+
+#[tokio::test]
+async fn prewarmed_cache_is_ready_for_the_first_turn() {
+    let server = sim().await;
+    let client = cache_client(|_| {});
+    let p = gemini(&server);
+    let req = cached_request(&big_static_prompt(), "Asha", "hello");
+    client.prewarm_prompt_cache(&p, req.clone());
+    support::within(async {
+        while server.state.google.live_caches().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let events = collect(client.stream(&p, req)).await;
+    assert_eq!(cache_report(&events).unwrap().status, CacheStatus::Reused);
+    assert_eq!(server.state.google.cache_creates.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(server.state.google.requests().len(), 1, "prewarming generates nothing");
+}

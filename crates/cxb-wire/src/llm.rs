@@ -166,6 +166,28 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn usage_fresh_tokens_and_sums() {
+        let a = Usage {
+            prompt_tokens: 2000,
+            completion_tokens: 10,
+            total_tokens: 2016,
+            cached_tokens: 1500,
+            cache_write_tokens: 300,
+            thoughts_tokens: 6,
+        };
+        assert_eq!(a.fresh_prompt_tokens(), 200);
+        let mut total = Usage::default();
+        total.accumulate(&a);
+        total.accumulate(&a);
+        assert_eq!((total.prompt_tokens, total.cached_tokens, total.thoughts_tokens), (4000, 3000, 12));
+        // Older stored usage without the newer field still reads.
+        let old: Usage = serde_json::from_value(json!({"prompt_tokens":1,"completion_tokens":2,"total_tokens":3,
+            "cached_tokens":0,"cache_write_tokens":0}))
+        .unwrap();
+        assert_eq!(old.thoughts_tokens, 0);
+    }
+
+    #[test]
     fn tool_spec_reads_wrapped_and_bare_functions_and_round_trips() {
         let wrapped = json!({"type":"function","function":{"name":"lookup","description":"d",
             "parameters":{"type":"object","properties":{"q":{"type":"string"}}}},"http":{"url":"x"}});
