@@ -257,7 +257,7 @@ fn validate(req: &Map<String, Value>) -> Result<(), String> {
     if !req.get("model").is_some_and(Value::is_string) {
         return Err("model: Field required".into());
     }
-    if !req.get("max_tokens").and_then(Value::as_u64).is_some_and(|n| n >= 1) {
+    if req.get("max_tokens").and_then(Value::as_u64).is_none_or(|n| n < 1) {
         return Err("max_tokens: Field required".into());
     }
     if req.get("stream").and_then(Value::as_bool) != Some(true) {

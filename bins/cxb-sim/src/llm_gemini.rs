@@ -88,6 +88,7 @@ const GENERATION_KEYS: &[&str] = &[
     "speechConfig",
 ];
 
+#[derive(Debug)]
 struct Cache {
     model: String,
     display_name: String,
@@ -104,7 +105,7 @@ pub struct Seen {
 }
 
 /// Caches, recorded requests and counters of the Gemini doubles.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Store {
     caches: Mutex<HashMap<String, Cache>>,
     signatures: Mutex<HashSet<String>>,
@@ -117,12 +118,6 @@ pub struct Store {
     pub cache_gets: AtomicU64,
     pub cache_deletes: AtomicU64,
     next_id: AtomicU64,
-}
-
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("llm_gemini::Store").field("generate_requests", &self.generate_requests).finish_non_exhaustive()
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -38,6 +38,7 @@ const SHORT_LIVED: &str = "Invalid JWT: Token must be a short-lived token (60 mi
 /// Clock skew tolerated on `iat`.
 const SKEW_SECS: u64 = 60;
 
+#[derive(Debug)]
 struct Account {
     key_id: String,
     /// PKCS#1 `RSAPublicKey` DER.
@@ -45,7 +46,7 @@ struct Account {
 }
 
 /// Accounts, issued tokens and counters.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Store {
     accounts: Mutex<HashMap<String, Account>>,
     /// Access token → its expiry.
@@ -57,12 +58,6 @@ pub struct Store {
     /// `expires_in` of the next tokens (0 = Google's 3599).
     pub expires_in: AtomicU64,
     next_account: AtomicU64,
-}
-
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("oauth_token::Store").field("token_requests", &self.token_requests).finish_non_exhaustive()
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -141,12 +136,25 @@ async fn control(State(state): State<Arc<SimState>>, Json(v): Json<Value>) -> Re
     }
 }
 
-fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
-    (status, Json(json!({"error": error, "error_description": description}))).into_response()
+/// A refused token request: `{"error":…,"error_description":…}`.
+struct Refusal {
+    status: StatusCode,
+    error: &'static str,
+    description: String,
 }
 
-fn invalid_grant(description: &str) -> Response {
-    oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", description)
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"error": self.error, "error_description": self.description}))).into_response()
+    }
+}
+
+fn oauth_error(status: StatusCode, error: &'static str, description: &str) -> Response {
+    Refusal { status, error, description: description.to_string() }.into_response()
+}
+
+fn invalid_grant(description: &str) -> Refusal {
+    Refusal { status: StatusCode::BAD_REQUEST, error: "invalid_grant", description: description.to_string() }
 }
 
 async fn token(State(state): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -164,9 +172,8 @@ async fn token(State(state): State<Arc<SimState>>, headers: HeaderMap, body: Byt
     let Some(assertion) = form.get("assertion") else {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "Missing required parameter: assertion");
     };
-    match check_assertion(&state, assertion) {
-        Ok(()) => {}
-        Err(response) => return response,
+    if let Err(refusal) = check_assertion(&state, assertion) {
+        return refusal.into_response();
     }
     let expires_in = match store.expires_in.load(Ordering::Relaxed) {
         0 => 3599,
@@ -179,7 +186,7 @@ async fn token(State(state): State<Arc<SimState>>, headers: HeaderMap, body: Byt
 }
 
 /// `header.claims.signature`, RS256, signed by the key of the account in `iss`.
-fn check_assertion(state: &SimState, jwt: &str) -> Result<(), Response> {
+fn check_assertion(state: &SimState, jwt: &str) -> Result<(), Refusal> {
     let parts: Vec<&str> = jwt.split('.').collect();
     let [header_b64, claims_b64, signature_b64] = parts.as_slice() else {
         return Err(invalid_grant("Invalid JWT: not a JWS compact serialization"));
@@ -214,11 +221,11 @@ fn check_assertion(state: &SimState, jwt: &str) -> Result<(), Response> {
     }
     let scopes = claims.get("scope").and_then(Value::as_str).unwrap_or("");
     if !scopes.split(' ').any(|s| s == CLOUD_PLATFORM_SCOPE) {
-        return Err(oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_scope",
-            "Invalid OAuth scope or ID token audience provided.",
-        ));
+        return Err(Refusal {
+            status: StatusCode::BAD_REQUEST,
+            error: "invalid_scope",
+            description: "Invalid OAuth scope or ID token audience provided.".into(),
+        });
     }
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let (Some(iat), Some(exp)) = (claims.get("iat").and_then(Value::as_u64), claims.get("exp").and_then(Value::as_u64))

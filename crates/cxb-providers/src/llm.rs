@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::google_auth::GoogleTokens;
 pub use crate::google_auth::TokenSettings;
-use crate::llm_gemini::GoogleShared;
+use crate::llm_gemini::{self, Flavour, GoogleShared};
 use crate::prompt_cache::ExplicitCaches;
 pub use crate::prompt_cache::{CacheReport, CacheStatus, PromptCacheSettings};
 use crate::ProviderError;
@@ -114,8 +114,10 @@ impl LlmClient {
         let (http, params) = (self.http.clone(), params.clone());
         let task = match params.provider.as_str() {
             "openai" => tokio::spawn(crate::llm_openai::run(http, params, request, tx)),
-            "google" => tokio::spawn(crate::llm_gemini::run(http, params, request, tx, self.google.clone())),
-            "google_vertex" => tokio::spawn(crate::llm_vertex::run(http, params, request, tx, self.google.clone())),
+            "google" => tokio::spawn(llm_gemini::run(http, params, request, tx, self.google.clone(), Flavour::Api)),
+            "google_vertex" => {
+                tokio::spawn(llm_gemini::run(http, params, request, tx, self.google.clone(), Flavour::Vertex))
+            }
             "anthropic" => tokio::spawn(crate::llm_anthropic::run(http, params, request, tx)),
             other => {
                 let _ = tx.try_send(LlmEvent::Error(ProviderError::Unsupported(other.to_string())));
@@ -133,12 +135,13 @@ impl LlmClient {
         if request.prompt_cache.is_none() {
             return;
         }
+        let flavour = match params.provider.as_str() {
+            "google" => Flavour::Api,
+            "google_vertex" => Flavour::Vertex,
+            _ => return,
+        };
         let (http, params, google) = (self.http.clone(), params.clone(), self.google.clone());
-        match params.provider.as_str() {
-            "google" => drop(tokio::spawn(crate::llm_gemini::prewarm(http, params, request, google))),
-            "google_vertex" => drop(tokio::spawn(crate::llm_vertex::prewarm(http, params, request, google))),
-            _ => {}
-        }
+        tokio::spawn(llm_gemini::prewarm(http, params, request, google, flavour));
     }
 }
 

@@ -17,8 +17,8 @@ use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
 use crate::llm::{LlmEvent, LlmParams};
-use crate::llm_gemini::{report_failure, tool_specs, OPENING_USER_TURN};
-use crate::llm_openai::{error_body, f32_to_f64, send_bounded, SseBody};
+use crate::llm_gemini::{tool_specs, OPENING_USER_TURN};
+use crate::llm_openai::{error_body, f32_to_f64, report_failure, send_all, send_bounded, SseBody, StreamState};
 use crate::prompt_cache::{split_system, CacheReport};
 use crate::ProviderError;
 
@@ -33,7 +33,7 @@ const JSON_INSTRUCTION: &str = "Answer with a single JSON object and nothing els
 
 pub(crate) async fn run(http: reqwest::Client, params: LlmParams, req: ChatRequest, tx: mpsc::Sender<LlmEvent>) {
     if let Err(e) = stream_messages(&http, &params, &req, &tx).await {
-        report_failure(e, &req, &tx).await;
+        report_failure(e, &req.model, &tx).await;
     }
 }
 
@@ -72,29 +72,15 @@ async fn stream_messages(
         let body = serde_json::from_str::<Value>(&body).ok().and_then(|v| error_detail(&v)).unwrap_or(body);
         return Err(ProviderError::Status { provider: PROVIDER, status, body });
     }
-    let mut body = SseBody::new(PROVIDER, resp, params.idle_timeout);
     let mut acc = Accumulator::default();
-    while let Some(payloads) = body.next().await? {
-        for data in payloads {
-            if let Some(text) = acc.on_data(&data)? {
-                if tx.send(LlmEvent::Token(text)).await.is_err() {
-                    return Ok(());
-                }
-            }
-        }
-        if acc.stopped {
-            break;
-        }
+    if !SseBody::new(PROVIDER, resp, params.idle_timeout).pump(&mut acc, tx).await? {
+        return Ok(());
     }
     if !acc.stopped && acc.stop_reason.is_none() {
         return Err(ProviderError::Closed { provider: PROVIDER, detail: "stream ended before message_stop".into() });
     }
     let cache = req.prompt_cache.as_ref().map(|_| CacheReport::from_usage(acc.usage().as_ref()));
-    for event in acc.into_events(cache) {
-        if tx.send(event).await.is_err() {
-            break;
-        }
-    }
+    send_all(tx, acc.into_events(cache)).await;
     Ok(())
 }
 
@@ -264,7 +250,11 @@ struct Accumulator {
     stopped: bool,
 }
 
-impl Accumulator {
+impl StreamState for Accumulator {
+    fn finished(&self) -> bool {
+        self.stopped
+    }
+
     /// Apply one event's data; returns a text delta, if any.
     fn on_data(&mut self, data: &str) -> Result<Option<String>, ProviderError> {
         let v: Value = match serde_json::from_str(data) {
@@ -329,7 +319,9 @@ impl Accumulator {
         }
         Ok(None)
     }
+}
 
+impl Accumulator {
     /// Counts present in the event replace the earlier ones (`output_tokens` is cumulative).
     fn apply_usage(&mut self, usage: &Value) {
         let n = |k: &str| usage.get(k).and_then(Value::as_u64);

@@ -27,7 +27,9 @@ use url::Url;
 
 use crate::google_auth::{AuthError, GoogleTokens, TokenSource};
 use crate::llm::{LlmEvent, LlmParams};
-use crate::llm_openai::{error_body, error_chain, f32_to_f64, send_bounded, SseBody};
+use crate::llm_openai::{
+    error_body, error_chain, f32_to_f64, report_failure, send_all, send_bounded, SseBody, StreamState,
+};
 use crate::prompt_cache::{
     split_system, BoxFuture, CacheBackend, CacheError, CacheKey, CacheReport, CacheStatus, ExplicitCaches,
 };
@@ -160,49 +162,55 @@ fn api_endpoint(params: &LlmParams, model: &str) -> Result<Endpoint, ProviderErr
     })
 }
 
-/// The Gemini API.
+/// Where a request goes: the Gemini API, or Vertex AI (which also needs the account's token source).
+async fn endpoint(
+    flavour: Flavour,
+    params: &LlmParams,
+    req: &ChatRequest,
+    shared: &GoogleShared,
+) -> Result<Endpoint, ProviderError> {
+    match flavour {
+        Flavour::Api => api_endpoint(params, &req.model),
+        Flavour::Vertex => crate::llm_vertex::endpoint(params, req, shared).await,
+    }
+}
+
+/// One streamed generation on the Gemini API or Vertex AI.
 pub(crate) async fn run(
     http: reqwest::Client,
     params: LlmParams,
     req: ChatRequest,
     tx: mpsc::Sender<LlmEvent>,
     shared: GoogleShared,
+    flavour: Flavour,
 ) {
-    let endpoint = match api_endpoint(&params, &req.model) {
-        Ok(e) => e,
-        Err(e) => return report_failure(e, &req, &tx).await,
-    };
-    generate(&http, &params, &req, &tx, &shared, endpoint).await
-}
-
-/// [`crate::llm::LlmClient::prewarm_prompt_cache`] on the Gemini API.
-pub(crate) async fn prewarm(http: reqwest::Client, params: LlmParams, req: ChatRequest, shared: GoogleShared) {
-    match api_endpoint(&params, &req.model) {
-        Ok(endpoint) => prewarm_endpoint(&http, &req, &shared, endpoint).await,
-        Err(e) => tracing::debug!(error = %e, "prompt cache not prewarmed"),
+    match endpoint(flavour, &params, &req, &shared).await {
+        Ok(endpoint) => generate(&http, &params, &req, &tx, &shared, endpoint).await,
+        Err(e) => report_failure(e, &req.model, &tx).await,
     }
 }
 
-pub(crate) async fn prewarm_endpoint(
-    http: &reqwest::Client,
-    req: &ChatRequest,
-    shared: &GoogleShared,
-    endpoint: Endpoint,
+/// [`crate::llm::LlmClient::prewarm_prompt_cache`]: the request's cache, without a generation.
+pub(crate) async fn prewarm(
+    http: reqwest::Client,
+    params: LlmParams,
+    req: ChatRequest,
+    shared: GoogleShared,
+    flavour: Flavour,
 ) {
+    let endpoint = match endpoint(flavour, &params, &req, &shared).await {
+        Ok(endpoint) => endpoint,
+        Err(e) => return tracing::debug!(error = %e, "prompt cache not prewarmed"),
+    };
     let tools = tool_specs(&req.tools);
-    if let Some(cache) = CacheUse::start(http, req, &tools, &endpoint, shared).await {
+    if let Some(cache) = CacheUse::start(&http, &req, &tools, &endpoint, &shared).await {
         tracing::debug!(status = cache.report.status.as_str(), detail = ?cache.report.detail, "prompt cache prewarmed");
     }
 }
 
-pub(crate) async fn report_failure(e: ProviderError, req: &ChatRequest, tx: &mpsc::Sender<LlmEvent>) {
-    tracing::warn!(error = %e, model = %req.model, "LLM request failed");
-    let _ = tx.send(LlmEvent::Error(e)).await;
-}
-
 /// One streamed generation against `endpoint`, through the prompt cache when the request carries
 /// one. Every event (tokens, tool calls, cache report, `Done` or `Error`) goes to `tx`.
-pub(crate) async fn generate(
+async fn generate(
     http: &reqwest::Client,
     params: &LlmParams,
     req: &ChatRequest,
@@ -220,19 +228,13 @@ pub(crate) async fn generate(
         Err(e) => Err(e),
     };
     match outcome {
-        Ok(Some(acc)) => {
-            for event in acc.into_events(report) {
-                if tx.send(event).await.is_err() {
-                    return;
-                }
-            }
-        }
+        Ok(Some(acc)) => send_all(tx, acc.into_events(report)).await,
         Ok(None) => {} // the receiver went away
         Err(e) => {
             if let Some(report) = report {
                 let _ = tx.send(LlmEvent::Cache(report)).await;
             }
-            report_failure(e, req, tx).await
+            report_failure(e, &req.model, tx).await
         }
     }
 }
@@ -300,14 +302,8 @@ async fn stream_response(
 ) -> Result<Option<Accumulator>, ProviderError> {
     let mut body = SseBody::new(provider, resp, idle_timeout);
     let mut acc = Accumulator::new(provider);
-    while let Some(payloads) = body.next().await? {
-        for data in payloads {
-            if let Some(text) = acc.on_data(&data)? {
-                if tx.send(LlmEvent::Token(text)).await.is_err() {
-                    return Ok(None);
-                }
-            }
-        }
+    if !body.pump(&mut acc, tx).await? {
+        return Ok(None);
     }
     if acc.finish.is_some() {
         return Ok(Some(acc));
@@ -971,10 +967,8 @@ impl SchemaCleaner {
                         out.insert("enum".into(), value.clone());
                     }
                 }
-                "const" => {
-                    if value.is_string() {
-                        out.insert("enum".into(), json!([value]));
-                    }
+                "const" if value.is_string() => {
+                    out.insert("enum".into(), json!([value]));
                 }
                 "additionalProperties" if self.flavour == Flavour::Vertex => {
                     let v = if value.is_object() { Value::Object(self.clean(value, depth + 1)) } else { value.clone() };
@@ -1093,13 +1087,9 @@ pub(crate) struct Accumulator {
 
 static NEXT_CALL_ID: AtomicU64 = AtomicU64::new(1);
 
-impl Accumulator {
-    pub(crate) fn new(provider: &'static str) -> Self {
-        Self { provider, tool_calls: Vec::new(), finish: None, usage: None, chunks: 0 }
-    }
-
+impl StreamState for Accumulator {
     /// Apply one `data:` payload; returns its text, if any.
-    pub(crate) fn on_data(&mut self, data: &str) -> Result<Option<String>, ProviderError> {
+    fn on_data(&mut self, data: &str) -> Result<Option<String>, ProviderError> {
         let value: Value = match serde_json::from_str(data) {
             Ok(Value::Array(mut items)) if items.len() == 1 => items.remove(0),
             Ok(v) => v,
@@ -1142,6 +1132,12 @@ impl Accumulator {
             self.finish = Some(reason.to_string());
         }
         Ok((!text.is_empty()).then_some(text))
+    }
+}
+
+impl Accumulator {
+    pub(crate) fn new(provider: &'static str) -> Self {
+        Self { provider, tool_calls: Vec::new(), finish: None, usage: None, chunks: 0 }
     }
 
     /// Calls come whole (name and `args` object); the id is made up when the API gave none.

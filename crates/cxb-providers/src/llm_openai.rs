@@ -26,8 +26,22 @@ const MAX_LINE_BYTES: usize = 1024 * 1024;
 
 pub(crate) async fn run(http: reqwest::Client, params: LlmParams, req: ChatRequest, tx: mpsc::Sender<LlmEvent>) {
     if let Err(e) = stream_completion(&http, &params, &req, &tx).await {
-        tracing::warn!(error = %e, model = %req.model, "chat completion failed");
-        let _ = tx.send(LlmEvent::Error(e)).await;
+        report_failure(e, &req.model, &tx).await;
+    }
+}
+
+/// The request's last event: its error (logged, since the caller may be gone).
+pub(crate) async fn report_failure(e: ProviderError, model: &str, tx: &mpsc::Sender<LlmEvent>) {
+    tracing::warn!(error = %e, %model, "LLM request failed");
+    let _ = tx.send(LlmEvent::Error(e)).await;
+}
+
+/// Sends the closing events in order, until the receiver goes away.
+pub(crate) async fn send_all(tx: &mpsc::Sender<LlmEvent>, events: Vec<LlmEvent>) {
+    for event in events {
+        if tx.send(event).await.is_err() {
+            break;
+        }
     }
 }
 
@@ -45,34 +59,16 @@ async fn stream_completion(
         return Err(status_error(resp, params).await);
     }
 
-    let mut body = SseBody::new(PROVIDER, resp, params.idle_timeout);
     let mut acc = Accumulator::default();
-    while let Some(payloads) = body.next().await? {
-        for data in payloads {
-            if let Some(token) = acc.on_data(&data)? {
-                if tx.send(LlmEvent::Token(token)).await.is_err() {
-                    return Ok(());
-                }
-            }
-            if acc.done {
-                return emit_end(acc, req, tx).await;
-            }
-        }
+    if !SseBody::new(PROVIDER, resp, params.idle_timeout).pump(&mut acc, tx).await? {
+        return Ok(());
     }
     // No `[DONE]`: still a usable answer if the model said it had finished.
-    if acc.finish_reason.is_some() {
-        return emit_end(acc, req, tx).await;
+    if !acc.done && acc.finish_reason.is_none() {
+        return Err(ProviderError::Closed { provider: PROVIDER, detail: "stream ended before [DONE]".into() });
     }
-    Err(ProviderError::Closed { provider: PROVIDER, detail: "stream ended before [DONE]".into() })
-}
-
-async fn emit_end(acc: Accumulator, req: &ChatRequest, tx: &mpsc::Sender<LlmEvent>) -> Result<(), ProviderError> {
     let cache = req.prompt_cache.as_ref().map(|_| CacheReport::from_usage(acc.usage.as_ref()));
-    for event in acc.into_events(cache) {
-        if tx.send(event).await.is_err() {
-            break;
-        }
-    }
+    send_all(tx, acc.into_events(cache)).await;
     Ok(())
 }
 
@@ -126,6 +122,38 @@ impl SseBody {
     /// Body lines that were not SSE fields (an error body sent without `data:` framing).
     pub(crate) fn stray_text(&self) -> &str {
         &self.parser.stray
+    }
+
+    /// Feeds every payload to `state` and sends its text as tokens, until the body ends or the
+    /// state has seen the vendor's end marker. `Ok(false)`: the receiver went away.
+    pub(crate) async fn pump(
+        &mut self,
+        state: &mut impl StreamState,
+        tx: &mpsc::Sender<LlmEvent>,
+    ) -> Result<bool, ProviderError> {
+        while let Some(payloads) = self.next().await? {
+            for data in payloads {
+                if let Some(text) = state.on_data(&data)? {
+                    if tx.send(LlmEvent::Token(text)).await.is_err() {
+                        return Ok(false);
+                    }
+                }
+                if state.finished() {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// One response's state across its SSE payloads.
+pub(crate) trait StreamState {
+    /// Apply one payload; its text delta, if any.
+    fn on_data(&mut self, data: &str) -> Result<Option<String>, ProviderError>;
+    /// The vendor's end marker was seen: read no further.
+    fn finished(&self) -> bool {
+        false
     }
 }
 
@@ -433,9 +461,19 @@ pub(crate) struct Accumulator {
     done: bool,
 }
 
+impl StreamState for Accumulator {
+    fn on_data(&mut self, data: &str) -> Result<Option<String>, ProviderError> {
+        self.apply(data)
+    }
+
+    fn finished(&self) -> bool {
+        self.done
+    }
+}
+
 impl Accumulator {
     /// Apply one event payload; returns the content delta, if any.
-    pub(crate) fn on_data(&mut self, data: &str) -> Result<Option<String>, ProviderError> {
+    pub(crate) fn apply(&mut self, data: &str) -> Result<Option<String>, ProviderError> {
         if data.trim() == "[DONE]" {
             self.done = true;
             return Ok(None);
@@ -599,8 +637,8 @@ mod tests {
         );
 
         let mut acc = Accumulator::default();
-        acc.on_data(r#"{"choices":[],"usage":{"prompt_tokens":2000,"completion_tokens":5,"total_tokens":2005,"prompt_tokens_details":{"cached_tokens":1920}}}"#).unwrap();
-        acc.on_data(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#).unwrap();
+        acc.apply(r#"{"choices":[],"usage":{"prompt_tokens":2000,"completion_tokens":5,"total_tokens":2005,"prompt_tokens_details":{"cached_tokens":1920}}}"#).unwrap();
+        acc.apply(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#).unwrap();
         let report = CacheReport::from_usage(acc.usage.as_ref());
         let events = acc.into_events(Some(report));
         assert!(matches!(&events[0], LlmEvent::Cache(r) if r.status == crate::prompt_cache::CacheStatus::Hit));

@@ -10,39 +10,14 @@
 
 use cxb_wire::llm::ChatRequest;
 use serde_json::Value;
-use tokio::sync::mpsc;
 use url::Url;
 
-use crate::llm::{LlmEvent, LlmParams};
-use crate::llm_gemini::{
-    bare_model, generate, join_segments, parse_root, prewarm_endpoint, report_failure, Endpoint, Flavour, GoogleAuth,
-    GoogleShared,
-};
+use crate::llm::LlmParams;
+use crate::llm_gemini::{bare_model, join_segments, parse_root, Endpoint, Flavour, GoogleAuth, GoogleShared};
 use crate::ProviderError;
 
 pub const DEFAULT_LOCATION: &str = "global";
 const PROVIDER: &str = "google_vertex";
-
-pub(crate) async fn run(
-    http: reqwest::Client,
-    params: LlmParams,
-    req: ChatRequest,
-    tx: mpsc::Sender<LlmEvent>,
-    shared: GoogleShared,
-) {
-    match endpoint(&params, &req, &shared).await {
-        Ok(endpoint) => generate(&http, &params, &req, &tx, &shared, endpoint).await,
-        Err(e) => report_failure(e, &req, &tx).await,
-    }
-}
-
-/// [`crate::llm::LlmClient::prewarm_prompt_cache`] on Vertex AI.
-pub(crate) async fn prewarm(http: reqwest::Client, params: LlmParams, req: ChatRequest, shared: GoogleShared) {
-    match endpoint(&params, &req, &shared).await {
-        Ok(endpoint) => prewarm_endpoint(&http, &req, &shared, endpoint).await,
-        Err(e) => tracing::debug!(error = %e, "prompt cache not prewarmed"),
-    }
-}
 
 fn config(detail: String) -> ProviderError {
     ProviderError::Config { provider: PROVIDER, detail }
@@ -53,7 +28,12 @@ fn extra_str<'a>(req: &'a ChatRequest, key: &str) -> Option<&'a str> {
     req.extra.get(key).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty())
 }
 
-async fn endpoint(params: &LlmParams, req: &ChatRequest, shared: &GoogleShared) -> Result<Endpoint, ProviderError> {
+/// The request's Vertex endpoint: project, location, root, and the account's token source.
+pub(crate) async fn endpoint(
+    params: &LlmParams,
+    req: &ChatRequest,
+    shared: &GoogleShared,
+) -> Result<Endpoint, ProviderError> {
     let project = extra_str(req, "project_id").ok_or_else(|| config("llm.extra.project_id is required".into()))?;
     // Project ids: lower-case letters, digits, hyphens; legacy domain-scoped ones add `.` and `:`.
     if project.len() > 100
