@@ -29,13 +29,15 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::llm_openai::{error_body, error_chain};
+use crate::llm_openai::{body_text, error_chain};
 
 /// The scope Vertex AI needs.
 pub(crate) const CLOUD_PLATFORM_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 /// A key file is a few KB; anything much larger is not one.
 const MAX_KEY_BYTES: u64 = 64 * 1024;
+/// A token endpoint's answer is well under this.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// Distinct keys remembered (each bot may bring its own).
 const MAX_SOURCES: usize = 256;
 
@@ -92,7 +94,6 @@ struct Token {
 }
 
 /// Tokens for one service account.
-#[derive(Debug)]
 pub(crate) struct TokenSource {
     http: reqwest::Client,
     settings: TokenSettings,
@@ -104,6 +105,13 @@ pub(crate) struct TokenSource {
     /// Held while a token request is in flight: the single flight.
     fetching: tokio::sync::Mutex<()>,
     refreshing: AtomicBool,
+}
+
+/// Names the account only: the token and the key stay out of logs.
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSource").field("client_email", &self.client_email).finish_non_exhaustive()
+    }
 }
 
 impl TokenSource {
@@ -230,7 +238,8 @@ impl TokenSource {
             Ok(Ok(resp)) => resp,
         };
         let status = resp.status().as_u16();
-        let body = error_body(resp, wait).await;
+        // Access tokens may be up to 2 KB themselves.
+        let body = body_text(resp, wait, MAX_ANSWER_BYTES).await;
         if !(200..300).contains(&status) {
             return Err(token_error(status, &body));
         }
@@ -308,7 +317,6 @@ fn token_error(status: u16, body: &str) -> Fetch {
 }
 
 /// The worker's token sources: one per key, created on first use.
-#[derive(Debug)]
 pub(crate) struct GoogleTokens {
     http: reqwest::Client,
     settings: TokenSettings,
@@ -316,6 +324,13 @@ pub(crate) struct GoogleTokens {
     credentials_file: Option<PathBuf>,
     /// By the key JSON text, or `file:` and the path.
     sources: Mutex<HashMap<String, Arc<TokenSource>>>,
+}
+
+/// The table is keyed by key files' text: never printed.
+impl std::fmt::Debug for GoogleTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GoogleTokens").field("credentials_file", &self.credentials_file).finish_non_exhaustive()
+    }
 }
 
 impl GoogleTokens {
@@ -413,6 +428,20 @@ mod tests {
         );
         let signed = format!("{}.{}", parts[0], parts[1]);
         public.verify(signed.as_bytes(), &URL_SAFE_NO_PAD.decode(parts[2]).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn debug_output_keeps_keys_and_tokens_out() {
+        let kp = KeyPair::generate(KeySize::Rsa2048).unwrap();
+        let key =
+            json!({"client_email":"bot@p","private_key":pem(kp.as_der().unwrap().as_ref()),"token_uri":"https://t"});
+        let source =
+            TokenSource::from_key_json(reqwest::Client::new(), TokenSettings::default(), &key.to_string()).unwrap();
+        *source.current() = Some(Token { access_token: "ya29.secret".into(), expires_at: Instant::now() });
+        let tokens = GoogleTokens::new(reqwest::Client::new(), TokenSettings::default(), None);
+        tokens.sources().insert(key.to_string(), Arc::new(source));
+        let printed = format!("{tokens:?} {:?}", tokens.sources().values().next().unwrap());
+        assert!(!printed.contains("ya29.secret") && !printed.contains("PRIVATE KEY"), "{printed}");
     }
 
     #[test]

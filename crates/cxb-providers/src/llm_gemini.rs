@@ -28,7 +28,7 @@ use url::Url;
 use crate::google_auth::{AuthError, GoogleTokens, TokenSource};
 use crate::llm::{LlmEvent, LlmParams};
 use crate::llm_openai::{
-    error_body, error_chain, f32_to_f64, report_failure, send_all, send_bounded, SseBody, StreamState,
+    body_text, error_body, error_chain, f32_to_f64, report_failure, send_all, send_bounded, SseBody, StreamState,
 };
 use crate::prompt_cache::{
     split_system, BoxFuture, CacheBackend, CacheError, CacheKey, CacheReport, CacheStatus, ExplicitCaches,
@@ -41,6 +41,8 @@ pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";
 pub(crate) const OPENING_USER_TURN: &str = "(The call has started.)";
 /// Ids this client makes up for function calls the API gave none for; never sent back as `id`.
 const GENERATED_ID_PREFIX: &str = "call_cxb_";
+/// A cache resource as the API answers it is a few hundred bytes.
+const MAX_CACHE_ANSWER_BYTES: usize = 64 * 1024;
 /// Schemas nest a few levels; a deeper one is broken or hostile.
 const MAX_SCHEMA_DEPTH: usize = 32;
 
@@ -68,10 +70,20 @@ pub(crate) struct GoogleShared {
 }
 
 /// How requests authenticate.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) enum GoogleAuth {
     ApiKey(String),
     Bearer(Arc<TokenSource>),
+}
+
+/// Without the key.
+impl std::fmt::Debug for GoogleAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ApiKey(_) => f.write_str("ApiKey(…)"),
+            Self::Bearer(source) => f.debug_tuple("Bearer").field(source).finish(),
+        }
+    }
 }
 
 impl GoogleAuth {
@@ -104,8 +116,6 @@ pub(crate) struct Endpoint {
     pub resource_root: Url,
     /// The model as a cache names it (`models/…` or `projects/…/publishers/google/models/…`).
     pub model_resource: String,
-    /// The prefix every cache name of this endpoint has (`cachedContents/`, `projects/…/cachedContents/`).
-    pub cache_prefix: String,
     pub auth: GoogleAuth,
     /// The account and endpoint, for cache keys (a cache is private to its project).
     pub scope: String,
@@ -155,7 +165,6 @@ fn api_endpoint(params: &LlmParams, model: &str) -> Result<Endpoint, ProviderErr
         caches_url: join_segments(&root, &["v1beta", "cachedContents"]),
         resource_root: join_segments(&root, &["v1beta"]),
         model_resource: format!("models/{model}"),
-        cache_prefix: "cachedContents/".into(),
         auth: GoogleAuth::ApiKey(params.api_key.trim().to_string()),
         scope: format!("{root}|key:{:016x}", hasher.finish()),
         model,
@@ -478,7 +487,7 @@ impl CacheBackend for GeminiCaches {
             let rb = http.post(endpoint.caches_url.clone()).json(&body);
             let answer = cache_request(rb, &endpoint).await?;
             let name = answer.get("name").and_then(Value::as_str).unwrap_or_default();
-            valid_cache_name(name, &endpoint.cache_prefix)
+            valid_cache_name(name, endpoint.flavour)
                 .map(str::to_string)
                 .ok_or_else(|| CacheError::Failed(format!("unexpected cache name {name:?}")))
         })
@@ -503,7 +512,7 @@ async fn cache_request(rb: reqwest::RequestBuilder, endpoint: &Endpoint) -> Resu
     let (rb, _) = endpoint.auth.apply(rb, wait).await.map_err(|e| CacheError::Failed(e.to_string()))?;
     let resp = rb.send().await.map_err(|e| CacheError::Failed(error_chain(&e)))?;
     let status = resp.status().as_u16();
-    let body = error_body(resp, wait).await;
+    let body = body_text(resp, wait, MAX_CACHE_ANSWER_BYTES).await;
     if (200..300).contains(&status) {
         return serde_json::from_str(&body).map_err(|e| CacheError::Failed(format!("unreadable answer: {e}")));
     }
@@ -518,11 +527,18 @@ async fn cache_request(rb: reqwest::RequestBuilder, endpoint: &Endpoint) -> Resu
     })
 }
 
-/// A cache name from the provider, before it goes into a URL path.
-fn valid_cache_name<'a>(name: &'a str, prefix: &str) -> Option<&'a str> {
-    let id = name.strip_prefix(prefix)?;
-    let ok = !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    ok.then_some(name)
+/// A cache name from the provider, before it goes into a URL path: `cachedContents/{id}`, or on
+/// Vertex `projects/{project}/locations/{location}/cachedContents/{id}` (Vertex names the project
+/// by its number, not the id the request used).
+fn valid_cache_name(name: &str, flavour: Flavour) -> Option<&str> {
+    let segments: Vec<&str> = name.split('/').collect();
+    let plain =
+        |s: &&str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let shape_ok = matches!(
+        (flavour, segments.as_slice()),
+        (Flavour::Api, ["cachedContents", _]) | (Flavour::Vertex, ["projects", _, "locations", _, "cachedContents", _])
+    );
+    (shape_ok && segments.iter().all(plain) && !segments.contains(&"..") && !segments.contains(&".")).then_some(name)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1336,8 +1352,12 @@ mod tests {
     fn names_and_camel_case() {
         assert_eq!(camel_case("include_thoughts"), "includeThoughts");
         assert_eq!(bare_model("models/gemini-2.5-flash"), "gemini-2.5-flash");
-        assert_eq!(valid_cache_name("cachedContents/abc-1", "cachedContents/"), Some("cachedContents/abc-1"));
-        assert_eq!(valid_cache_name("cachedContents/../x", "cachedContents/"), None);
-        assert_eq!(valid_cache_name("other/abc", "cachedContents/"), None);
+        assert_eq!(valid_cache_name("cachedContents/abc-1", Flavour::Api), Some("cachedContents/abc-1"));
+        assert_eq!(valid_cache_name("cachedContents/../x", Flavour::Api), None);
+        assert_eq!(valid_cache_name("cachedContents/..", Flavour::Api), None);
+        assert_eq!(valid_cache_name("other/abc", Flavour::Api), None);
+        let vertex = "projects/123456789/locations/us-central1/cachedContents/987";
+        assert_eq!(valid_cache_name(vertex, Flavour::Vertex), Some(vertex));
+        assert_eq!(valid_cache_name("cachedContents/abc", Flavour::Vertex), None);
     }
 }

@@ -177,16 +177,21 @@ async fn status_error(resp: reqwest::Response, params: &LlmParams) -> ProviderEr
 }
 
 /// The first 2 KB of an error response's body, each read bounded by `wait`.
-pub(crate) async fn error_body(mut resp: reqwest::Response, wait: Duration) -> String {
+pub(crate) async fn error_body(resp: reqwest::Response, wait: Duration) -> String {
+    body_text(resp, wait, MAX_ERROR_BODY).await
+}
+
+/// The first `max` bytes of a response's body as text, each read bounded by `wait`.
+pub(crate) async fn body_text(mut resp: reqwest::Response, wait: Duration, max: usize) -> String {
     let mut body = Vec::new();
-    while body.len() < MAX_ERROR_BODY {
+    while body.len() < max {
         match tokio::time::timeout(wait, resp.chunk()).await {
             Ok(Ok(Some(bytes))) => body.extend_from_slice(&bytes),
             _ => break,
         }
     }
-    body.truncate(MAX_ERROR_BODY);
-    truncate(String::from_utf8_lossy(&body).into_owned(), MAX_ERROR_BODY)
+    body.truncate(max);
+    truncate(String::from_utf8_lossy(&body).into_owned(), max)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -202,7 +207,10 @@ pub(crate) fn request_body(req: &ChatRequest) -> Value {
         // The cacheable block first: OpenAI caches the longest prefix it has seen before.
         Some(cache) => {
             let system = split_system(req);
-            messages.push(json!({ "role": "system", "content": system.joined() }));
+            let text = system.joined();
+            if !text.is_empty() {
+                messages.push(json!({ "role": "system", "content": text }));
+            }
             messages.extend(system.conversation.iter().map(message_json));
             let key = cache.openai_key.clone().unwrap_or_else(|| format!("{}:{}", cache.key, cache.static_version));
             body.insert("prompt_cache_key".into(), json!(key));

@@ -62,7 +62,6 @@ pub(crate) async fn endpoint(
         caches_url: version(&["cachedContents"]),
         resource_root: join_segments(&root, &["v1"]),
         model_resource: format!("projects/{project}/locations/{location}/publishers/google/models/{model}"),
-        cache_prefix: format!("projects/{project}/locations/{location}/cachedContents/"),
         scope: format!("{root}|{project}|{location}|{}", source.client_email()),
         auth: GoogleAuth::Bearer(source),
         model,
