@@ -114,6 +114,7 @@ impl Sim {
                         total_tokens: 110,
                         cached_tokens: 64,
                         cache_write_tokens: 0,
+                        thoughts_tokens: 0,
                     };
                     self.at(t, Input::LlmDone { turn: *turn, usage: Some(usage) });
                 }
