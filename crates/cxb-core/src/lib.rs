@@ -9,6 +9,7 @@ pub mod config_client;
 pub mod delivery;
 pub mod drain;
 pub mod journal;
+pub mod knowledge;
 pub mod link;
 pub mod livekit;
 pub mod metrics_setup;

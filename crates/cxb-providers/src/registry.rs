@@ -16,7 +16,7 @@ use cxb_wire::llm::ChatRequest;
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
-use crate::llm::{LlmEvent, LlmParams};
+use crate::llm::{LlmClient, LlmEvent, LlmParams};
 use crate::stt::{SttEvent, SttHandle, SttParams};
 use crate::tts::{TtsEvent, TtsHandle, TtsParams};
 use crate::ProviderError;
@@ -28,8 +28,19 @@ pub type SttConnect =
 pub type TtsConnect =
     for<'a> fn(&'a TtsParams) -> BoxFuture<'a, Result<(TtsHandle, mpsc::Receiver<TtsEvent>), ProviderError>>;
 /// Runs one streaming chat request to its end, sending events to the channel (`async fn run` of
-/// a vendor file, boxed). The task running it is aborted when the caller drops the stream.
-pub type LlmRun = fn(reqwest::Client, LlmParams, ChatRequest, mpsc::Sender<LlmEvent>) -> BoxFuture<'static, ()>;
+/// a vendor file, boxed), with the process-wide client (HTTP pool, tokens, prompt caches). The
+/// task running it is aborted when the caller drops the stream.
+pub type LlmRun = fn(LlmClient, LlmParams, ChatRequest, mpsc::Sender<LlmEvent>) -> BoxFuture<'static, ()>;
+/// Makes a request's explicit prompt cache ready without generating (vendors whose caches are
+/// created ahead of use).
+pub type LlmPrewarm = fn(LlmClient, LlmParams, ChatRequest) -> BoxFuture<'static, ()>;
+
+/// How an LLM vendor is spoken to.
+#[derive(Clone, Copy)]
+pub struct LlmDriver {
+    pub run: LlmRun,
+    pub prewarm: Option<LlmPrewarm>,
+}
 
 /// What a vendor is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,7 +85,7 @@ impl fmt::Display for Kind {
 #[derive(Clone, Copy)]
 pub enum Client {
     Stt(SttConnect),
-    Llm(LlmRun),
+    Llm(LlmDriver),
     Tts(TtsConnect),
 }
 
@@ -223,7 +234,92 @@ pub const OPENAI: Vendor = Vendor {
     key_env: &["OPENAI_API_KEY"],
     model_routes: &[],
     caps: Capabilities { tools: true, json_mode: true, prompt_caching: true, ..Capabilities::NONE },
-    client: Client::Llm(|http, params, req, tx| Box::pin(crate::llm_openai::run(http, params, req, tx))),
+    client: Client::Llm(LlmDriver {
+        run: |client, params, req, tx| Box::pin(crate::llm_openai::run(client.http, params, req, tx)),
+        prewarm: None,
+    }),
+};
+
+/// The Gemini API (`{root}/v1beta/models/{model}:streamGenerateContent?alt=sse`, API key).
+pub const GOOGLE: Vendor = Vendor {
+    name: "google",
+    aliases: &["gemini", "google_gemini"],
+    api_root: "https://generativelanguage.googleapis.com",
+    default_model: "gemini-2.5-flash",
+    key_env: &["GEMINI_API_KEY", "GOOGLE_API_KEY"],
+    model_routes: &[],
+    caps: Capabilities { tools: true, json_mode: true, prompt_caching: true, ..Capabilities::NONE },
+    client: Client::Llm(LlmDriver {
+        run: |client, params, req, tx| {
+            Box::pin(crate::llm_gemini::run(
+                client.http,
+                params,
+                req,
+                tx,
+                client.google,
+                crate::llm_gemini::Flavour::Api,
+            ))
+        },
+        prewarm: Some(|client, params, req| {
+            Box::pin(crate::llm_gemini::prewarm(
+                client.http,
+                params,
+                req,
+                client.google,
+                crate::llm_gemini::Flavour::Api,
+            ))
+        }),
+    }),
+};
+
+/// Gemini on Vertex AI (regional, multi-region or `global` host; service-account OAuth). The
+/// API root depends on `extra.location`, so the client picks it when no `base_url` is given.
+pub const GOOGLE_VERTEX: Vendor = Vendor {
+    name: "google_vertex",
+    aliases: &["vertex", "vertex_ai", "google-vertex"],
+    api_root: "",
+    default_model: "gemini-2.5-flash",
+    // The key is a service-account key JSON in the bot's `api_key`, or the file named by
+    // GOOGLE_APPLICATION_CREDENTIALS (read by the client, not a key variable).
+    key_env: &[],
+    model_routes: &[],
+    caps: Capabilities { tools: true, json_mode: true, prompt_caching: true, ..Capabilities::NONE },
+    client: Client::Llm(LlmDriver {
+        run: |client, params, req, tx| {
+            Box::pin(crate::llm_gemini::run(
+                client.http,
+                params,
+                req,
+                tx,
+                client.google,
+                crate::llm_gemini::Flavour::Vertex,
+            ))
+        },
+        prewarm: Some(|client, params, req| {
+            Box::pin(crate::llm_gemini::prewarm(
+                client.http,
+                params,
+                req,
+                client.google,
+                crate::llm_gemini::Flavour::Vertex,
+            ))
+        }),
+    }),
+};
+
+/// Anthropic Messages (`{root}/v1/messages`, SSE).
+pub const ANTHROPIC: Vendor = Vendor {
+    name: "anthropic",
+    aliases: &["claude"],
+    api_root: "https://api.anthropic.com",
+    default_model: "claude-sonnet-4-5",
+    key_env: &["ANTHROPIC_API_KEY"],
+    model_routes: &[],
+    caps: Capabilities { tools: true, prompt_caching: true, ..Capabilities::NONE },
+    client: Client::Llm(LlmDriver {
+        run: |client, params, req, tx| Box::pin(crate::llm_anthropic::run(client.http, params, req, tx)),
+        prewarm: None,
+    }),
 };
 
 /// Cartesia `/tts/websocket` (contexts multiplexed on one socket).
@@ -256,9 +352,71 @@ pub const ELEVENLABS: Vendor = Vendor {
     client: Client::Tts(|p| Box::pin(crate::tts_elevenlabs::connect(p))),
 };
 
+/// Soniox real-time STT (`/transcribe-websocket`), the "multilingual STT" of the original.
+pub const SONIOX: Vendor = Vendor {
+    name: "soniox",
+    aliases: &[],
+    api_root: "wss://stt-rt.soniox.com",
+    default_model: "stt-rt-v4",
+    key_env: &["SONIOX_API_KEY"],
+    model_routes: &[],
+    // pcm_s16le at whatever rate the config message declares.
+    caps: Capabilities { word_timings: true, ..Capabilities::NONE },
+    client: Client::Stt(|p| Box::pin(crate::stt_soniox::connect(p))),
+};
+
+/// Sarvam streaming STT (Saarika / Saaras, `/speech-to-text/ws`).
+pub const SARVAM_STT: Vendor = Vendor {
+    name: "sarvam",
+    aliases: &[],
+    api_root: "wss://api.sarvam.ai",
+    default_model: "saaras:v3",
+    key_env: &["SARVAM_API_KEY"],
+    model_routes: &[],
+    caps: Capabilities { sample_rates: &crate::stt_sarvam::SAMPLE_RATES, ..Capabilities::NONE },
+    client: Client::Stt(|p| Box::pin(crate::stt_sarvam::connect(p))),
+};
+
+/// Sarvam Bulbul TTS (`/text-to-speech/ws`; one context per socket, a warm spare for barge-in).
+pub const SARVAM_TTS: Vendor = Vendor {
+    name: "sarvam",
+    aliases: &[],
+    api_root: "wss://api.sarvam.ai",
+    default_model: "bulbul:v2",
+    key_env: &["SARVAM_API_KEY"],
+    model_routes: &[],
+    caps: Capabilities { sample_rates: &crate::tts_sarvam::SAMPLE_RATES, ..Capabilities::NONE },
+    client: Client::Tts(|p| Box::pin(crate::tts_sarvam::connect(p))),
+};
+
+/// Deepgram Aura-2 TTS (`/v1/speak`; one stream per socket, `Clear` on barge-in).
+pub const DEEPGRAM_AURA: Vendor = Vendor {
+    name: "deepgram",
+    aliases: &[],
+    api_root: "wss://api.deepgram.com",
+    default_model: "aura-2-thalia-en",
+    key_env: &["DEEPGRAM_API_KEY"],
+    model_routes: &[],
+    caps: Capabilities { sample_rates: &crate::tts_aura::SAMPLE_RATES, ..Capabilities::NONE },
+    client: Client::Tts(|p| Box::pin(crate::tts_aura::connect(p))),
+};
+
 /// Every vendor this worker speaks. Names are unique within a kind (the same brand may offer
 /// STT and TTS under one name).
-pub static VENDORS: &[Vendor] = &[DEEPGRAM, DEEPGRAM_FLUX, OPENAI, CARTESIA, ELEVENLABS];
+pub static VENDORS: &[Vendor] = &[
+    DEEPGRAM,
+    DEEPGRAM_FLUX,
+    SONIOX,
+    SARVAM_STT,
+    OPENAI,
+    GOOGLE,
+    GOOGLE_VERTEX,
+    ANTHROPIC,
+    CARTESIA,
+    ELEVENLABS,
+    SARVAM_TTS,
+    DEEPGRAM_AURA,
+];
 
 // ---------------------------------------------------------------------------------------------
 // Lookup
@@ -395,8 +553,13 @@ mod tests {
         assert_eq!(name(Kind::Stt, ""), Ok("deepgram"));
         assert_eq!(name(Kind::Llm, " "), Ok("openai"));
         assert_eq!(name(Kind::Tts, ""), Ok("cartesia"));
+        assert_eq!(name(Kind::Stt, "soniox"), Ok("soniox"));
+        assert_eq!(name(Kind::Tts, "sarvam"), Ok("sarvam"));
+        // Deepgram's TTS is Aura: the same brand name resolves per kind.
+        assert_eq!(resolve(Kind::Tts, "deepgram", "").unwrap().default_model, DEEPGRAM_AURA.default_model);
         // A name of another kind is not a vendor of this one.
-        assert!(matches!(resolve(Kind::Tts, "deepgram", ""), Err(ProviderError::UnknownProvider { .. })));
+        assert!(matches!(resolve(Kind::Tts, "openai", ""), Err(ProviderError::UnknownProvider { .. })));
+        assert!(matches!(resolve(Kind::Stt, "cartesia", ""), Err(ProviderError::UnknownProvider { .. })));
     }
 
     #[test]
@@ -414,7 +577,7 @@ mod tests {
         let text = err.to_string();
         assert!(text.starts_with("tts.provider \"Acme-Voice\" is not a known TTS provider"), "{text}");
         assert!(text.contains("cartesia") && text.contains("elevenlabs (tts_engine, eleven_labs, 11labs)"), "{text}");
-        assert!(!text.contains("deepgram"), "only names of this kind: {text}");
+        assert!(!text.contains("openai") && !text.contains("soniox"), "only names of this kind: {text}");
         assert_eq!(err.provider(), "unknown");
     }
 
@@ -438,8 +601,15 @@ mod tests {
             for alias in v.aliases {
                 assert_eq!(find(v.kind(), alias).map(|f| f.name), Some(v.name), "alias {alias} is unambiguous");
             }
+            assert!(!v.default_model.is_empty(), "{}", v.name);
+            if v.name == GOOGLE_VERTEX.name {
+                // Vertex AI's root is regional (built from the key's location) and its credential
+                // is a service-account key, not a key variable.
+                assert!(v.api_root.is_empty() && v.key_env.is_empty());
+                continue;
+            }
             assert!(!v.key_env.is_empty() && v.key_env.iter().all(|k| k.ends_with("_API_KEY")), "{}", v.name);
-            assert!(v.api_root.contains("://") && !v.default_model.is_empty(), "{}", v.name);
+            assert!(v.api_root.contains("://"), "{}", v.name);
             for (_, target) in v.model_routes {
                 assert_eq!(target.kind(), v.kind(), "{} routes within its kind", v.name);
             }
