@@ -39,14 +39,16 @@ async fn kill_rounds(calls: usize, rounds: usize) {
     for round in 0..rounds {
         let mut worker = Worker::start_at(Some(&sim), &envs, data.path()).await;
         let url = worker.ws_url("demo");
-        let journal_dir = data.path().join("journal");
         let kill_after = Duration::from_millis(rng.random_range(200..15_000));
+        // Every other round waits for talk first, so kills land both before and after turns.
+        let wait_for_talk = round % 2 == 1;
         let dialing = dial_url(&url, &sim, "assets/sim/scenario.json", calls);
         tokio::pin!(dialing);
         let every_call_journaled = async {
             assert!(
                 poll_until(Duration::from_secs(30), || async {
-                    files_ending(&journal_dir, ".jsonl").len() >= calls
+                    let journals = journaled_lines(data.path());
+                    journals.len() >= calls && (!wait_for_talk || journals.values().all(|l| !l.is_empty()))
                 })
                 .await,
                 "round {round}: all {calls} calls journaled"
@@ -121,6 +123,7 @@ async fn kill_rounds(calls: usize, rounds: usize) {
         given.len()
     );
     assert!(recovered > 0, "some calls were live at a kill");
+    assert!(lines_checked > 0, "some turns were journaled before a kill");
     assert!(files_ending(&data.path().join("recordings"), ".part").is_empty(), "every .part repaired");
     assert!(files_ending(&data.path().join("journal"), ".jsonl").is_empty(), "every journal consumed");
     drop(worker);
