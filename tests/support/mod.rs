@@ -51,8 +51,7 @@ impl Proc {
     }
     /// SIGTERM, as a deploy stops the process.
     pub fn sigterm(&self) {
-        let status =
-            Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill runs");
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill runs");
         assert!(status.success(), "SIGTERM not delivered");
     }
     /// Wait until the process has exited (polling every 20 ms); its status, or `None` if it is

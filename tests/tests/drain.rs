@@ -53,7 +53,8 @@ async fn sigterm_with_live_calls(n: usize) {
         match RawCall::connect(&worker.ws_url("demo")).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 assert_eq!(resp.status().as_u16(), 503);
-                let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).expect("JSON body");
+                let body: Value =
+                    serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).expect("JSON body");
                 assert_eq!(body, json!({"status":"rejected","error":"draining"}));
             }
             other => panic!("a call was accepted while draining: {:?}", other.map(|_| ())),
@@ -138,8 +139,12 @@ async fn at_the_drain_deadline_every_live_call_is_hung_up_with_a_result_and_a_re
         let (closed, at) = c.await.expect("call task");
         let hung_up = at.duration_since(term);
         assert!(hung_up >= Duration::from_millis(1500), "hung up only at the deadline, not {hung_up:?} after SIGTERM");
-        let tail: Vec<&str> =
-            closed.events.iter().map(String::as_str).filter(|e| e.starts_with("reverse-") && *e != "reverse-media").collect();
+        let tail: Vec<&str> = closed
+            .events
+            .iter()
+            .map(String::as_str)
+            .filter(|e| e.starts_with("reverse-") && *e != "reverse-media")
+            .collect();
         assert_eq!(tail.last_chunk::<2>(), Some(&["reverse-media-stop", "reverse-hangup-call"]), "{closed:?}");
     }
     println!("drain deadline 2 s: the worker exited {} ms after SIGTERM", exited.as_millis());
