@@ -406,28 +406,15 @@ impl RawCall {
                     // A failed send means the close is on its way; keep reading for it.
                     let _ = self.ws.send(Message::Text(frame.clone().into())).await;
                 }
-                msg = tokio::time::timeout_at(deadline, self.ws.next()) => match msg {
-                    Ok(Some(Ok(Message::Text(t)))) => {
-                        let Ok(v) = serde_json::from_str::<Value>(&t) else { continue };
-                        let Some(e) = v["event"].as_str() else { continue };
-                        if events.last().map(String::as_str) != Some(e) || e != "reverse-media" {
-                            events.push(e.to_string());
-                        }
-                        if e == "reverse-hangup-call" {
-                            let _ = self.ws.send(Message::Text(json!({"event":"hangup-call"}).to_string().into())).await;
-                        }
+                msg = tokio::time::timeout_at(deadline, self.ws.next()) => {
+                    let seen = events.len();
+                    if let Some(closed) = note_frame(msg, &mut events, timeout) {
+                        return closed;
                     }
-                    Ok(Some(Ok(Message::Close(f)))) => {
-                        return Closed {
-                            code: f.as_ref().map(|f| u16::from(f.code)),
-                            reason: f.map(|f| f.reason.to_string()).unwrap_or_default(),
-                            events,
-                        };
+                    if events.len() > seen && events.last().map(String::as_str) == Some("reverse-hangup-call") {
+                        let _ = self.ws.send(Message::Text(json!({"event":"hangup-call"}).to_string().into())).await;
                     }
-                    Ok(None) | Ok(Some(Err(_))) => return Closed { code: None, reason: String::new(), events },
-                    Ok(Some(Ok(_))) => {}
-                    Err(_) => panic!("socket not closed within {timeout:?}; events so far: {events:?}"),
-                },
+                }
             }
         }
     }
@@ -437,28 +424,44 @@ impl RawCall {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut events = vec![];
         loop {
-            match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Ok(Some(Ok(Message::Text(t)))) => {
-                    if let Ok(v) = serde_json::from_str::<Value>(&t) {
-                        if let Some(e) = v["event"].as_str() {
-                            if events.last().map(String::as_str) != Some(e) || e != "reverse-media" {
-                                events.push(e.to_string());
-                            }
-                        }
-                    }
-                }
-                Ok(Some(Ok(Message::Close(f)))) => {
-                    return Closed {
-                        code: f.as_ref().map(|f| u16::from(f.code)),
-                        reason: f.map(|f| f.reason.to_string()).unwrap_or_default(),
-                        events,
-                    };
-                }
-                Ok(None) | Ok(Some(Err(_))) => return Closed { code: None, reason: String::new(), events },
-                Ok(Some(Ok(_))) => {}
-                Err(_) => panic!("socket not closed within {timeout:?}; events so far: {events:?}"),
+            let msg = tokio::time::timeout_at(deadline, self.ws.next()).await;
+            if let Some(closed) = note_frame(msg, &mut events, timeout) {
+                return closed;
             }
         }
+    }
+}
+
+type Read = Option<Result<Message, tokio_tungstenite::tungstenite::Error>>;
+
+/// One read while waiting for a close: a text frame's event is noted in `events` (consecutive
+/// `reverse-media` once); `Some` once the socket has closed. Panics when the read timed out.
+fn note_frame(
+    msg: Result<Read, tokio::time::error::Elapsed>,
+    events: &mut Vec<String>,
+    timeout: Duration,
+) -> Option<Closed> {
+    match msg {
+        Ok(Some(Ok(Message::Text(t)))) => {
+            if let Some(e) =
+                serde_json::from_str::<Value>(&t).ok().and_then(|v| v["event"].as_str().map(str::to_string))
+            {
+                if events.last() != Some(&e) || e != "reverse-media" {
+                    events.push(e);
+                }
+            }
+            None
+        }
+        Ok(Some(Ok(Message::Close(f)))) => Some(Closed {
+            code: f.as_ref().map(|f| u16::from(f.code)),
+            reason: f.map(|f| f.reason.to_string()).unwrap_or_default(),
+            events: std::mem::take(events),
+        }),
+        Ok(None) | Ok(Some(Err(_))) => {
+            Some(Closed { code: None, reason: String::new(), events: std::mem::take(events) })
+        }
+        Ok(Some(Ok(_))) => None,
+        Err(_) => panic!("socket not closed within {timeout:?}; events so far: {events:?}"),
     }
 }
 

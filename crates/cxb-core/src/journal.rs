@@ -22,9 +22,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use cxb_delivery::journal::{self, JournalError, JournalWriter};
 use cxb_engine::{CallRecord, TranscriptLine};
+use cxb_transports::CallMeta;
 use cxb_wire::result::{CallEvent, CallResultsPayload, DisconnectedBy, Speaker};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::json;
 use tracing::{error, info, warn};
 
 use crate::app::AppState;
@@ -48,14 +49,11 @@ pub struct CallHeader {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
     pub transport: String,
-    pub stream_id: String,
-    pub caller_id: String,
-    pub did: String,
-    pub call_direction: String,
-    #[serde(default)]
-    pub connected_event: Map<String, Value>,
+    /// Stream, caller, DID, direction, sample rate and the `connected` event, as the link saw
+    /// them.
+    #[serde(flatten)]
+    pub meta: CallMeta,
     pub started_at: DateTime<Utc>,
-    pub sample_rate: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recording_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -244,7 +242,7 @@ pub fn recovered_payload(j: &journal::Journal<CallHeader, CallLine>, data_dir: &
         let bytes = std::fs::metadata(&wav).ok()?.len();
         Some((key.to_string(), bytes))
     });
-    let audio_secs = recording.as_ref().map_or(0.0, |(_, bytes)| recorded_secs(*bytes, h.sample_rate));
+    let audio_secs = recording.as_ref().map_or(0.0, |(_, bytes)| recorded_secs(*bytes, h.meta.sample_rate));
     let duration = Duration::try_from_secs_f64(last.max(audio_secs)).unwrap_or_default();
     events.push(CallEvent {
         kind: "worker_crashed".into(),
@@ -255,16 +253,8 @@ pub fn recovered_payload(j: &journal::Journal<CallHeader, CallLine>, data_dir: &
             .cloned()
             .unwrap_or_default(),
     });
-    let meta = cxb_transports::CallMeta {
-        stream_id: h.stream_id.clone(),
-        caller_id: h.caller_id.clone(),
-        did: h.did.clone(),
-        call_direction: h.call_direction.clone(),
-        sample_rate: h.sample_rate,
-        connected_event: h.connected_event.clone(),
-    };
     let summary =
-        CallSummary::new(h.session_id.clone(), &h.bot_id, "", &meta, h.started_at, duration, DisconnectedBy::Error);
+        CallSummary::new(h.session_id.clone(), &h.bot_id, "", &h.meta, h.started_at, duration, DisconnectedBy::Error);
     let record = CallRecord { transcript, ..CallRecord::default() };
     let mut payload = build_payload(&summary, Some(&record), events);
     payload.transport = Some(h.transport.clone()).filter(|t| !t.is_empty());
@@ -279,6 +269,8 @@ pub fn recovered_payload(j: &journal::Journal<CallHeader, CallLine>, data_dir: &
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Map;
+
     use super::*;
 
     fn header(recording_key: Option<&str>) -> CallHeader {
@@ -287,13 +279,15 @@ mod tests {
             bot_id: "demo".into(),
             webhook_url: Some("http://api/call-results".into()),
             transport: "websocket".into(),
-            stream_id: "st-1".into(),
-            caller_id: "+911".into(),
-            did: "+912".into(),
-            call_direction: "inbound".into(),
-            connected_event: json!({"event":"connected","streamId":"st-1"}).as_object().cloned().unwrap(),
+            meta: CallMeta {
+                stream_id: "st-1".into(),
+                caller_id: "+911".into(),
+                did: "+912".into(),
+                call_direction: "inbound".into(),
+                sample_rate: 8000,
+                connected_event: json!({"event":"connected","streamId":"st-1"}).as_object().cloned().unwrap(),
+            },
             started_at: "2025-01-02T03:04:05Z".parse().unwrap(),
-            sample_rate: 8000,
             recording_key: recording_key.map(str::to_string),
             recording_url: recording_key.map(|k| format!("http://worker/{k}")),
         }

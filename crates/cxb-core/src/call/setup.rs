@@ -175,19 +175,13 @@ fn journal_header<L: CallLink>(
     started_at: chrono::DateTime<chrono::Utc>,
     recording: Option<&CallRecording>,
 ) -> CallHeader {
-    let meta = link.meta();
     CallHeader {
         session_id: cfg.session_id.clone(),
         bot_id: cfg.bot_id.clone(),
         webhook_url: cfg.webhook_url.clone(),
         transport: link.name().to_string(),
-        stream_id: meta.stream_id.clone(),
-        caller_id: meta.caller_id.clone(),
-        did: meta.did.clone(),
-        call_direction: meta.call_direction.clone(),
-        connected_event: meta.connected_event.clone(),
+        meta: link.meta().clone(),
         started_at,
-        sample_rate: meta.sample_rate,
         recording_key: recording.map(|r| r.key().to_string()),
         recording_url: recording.and_then(|r| r.url().map(str::to_string)),
     }
