@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use cxb_e2e::fake_livekit::FakeParticipant;
+use cxb_e2e::livekit_worker::{caller_audio_16k, say, sip_participant, until_bot_spoke, LkWorker};
 use cxb_e2e::*;
 use serde_json::{json, Value};
 
@@ -198,4 +200,48 @@ async fn a_stop_during_post_call_waits_for_it_and_the_next_start_delivers_nothin
     assert_eq!(worker.admin("/admin/outbox/stats").await["pending"], 0);
     assert!(files_ending(&data.path().join("results/staging"), ".json").is_empty());
     assert!(files_ending(&data.path().join("journal"), ".jsonl").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_worker_refuses_every_livekit_route_with_503_before_any_side_effect() {
+    let sim = Sim::start(&[]).await;
+    let mut w = LkWorker::start(Some(&sim), |_| {}).await;
+    // One live inbound call keeps the draining worker up.
+    let sip = "sip_+919812345678";
+    w.lk.set_participants(
+        "live-room",
+        vec![FakeParticipant { identity: sip.into(), kind: 3, attributes: Default::default() }],
+    );
+    let live = json!({"room_name": "live-room", "caller_number": "+919812345678", "dialed_number": "+918000000001"});
+    let (status, body) = w.post("/livekit/dispatch", live).await;
+    assert_eq!(status, 200, "{body}");
+    let room = w.room().await;
+    room.participant_joined(sip_participant(sip, &[])).await.unwrap();
+    assert!(until_bot_spoke(&room, sip, 16_000, Duration::from_secs(10)).await, "no greeting");
+
+    w.begin_stop();
+    assert!(poll_until(Duration::from_secs(1), || async { w.health().await["status"] == "draining" }).await);
+    let (lookups, configs) = (sim.get("/sim/sip-lookups").await, config_requests(&sim).await);
+    let lk_calls = w.lk.calls().len();
+    let refused = json!({"status": "rejected", "error": "draining"});
+    for (route, body) in [
+        ("/livekit/dispatch", json!({"room_name": "new-room", "caller_number": "+1", "dialed_number": "+2"})),
+        ("/livekit/dialout", json!({"bot_id": "demo", "to_number": "+919812345678"})),
+        ("/attach", json!({"room_name": "camp-1", "bot_id": "demo", "to_number": "+1"})),
+        ("/livekit/widget", json!({"room_name": "widget-x", "bot_id": "demo"})),
+    ] {
+        assert_eq!(w.post(route, body).await, (503, refused.clone()), "{route}");
+    }
+    assert_eq!(w.lk.calls().len(), lk_calls, "nothing reached LiveKit (no participant removed, no room made)");
+    assert_eq!(sim.get("/sim/sip-lookups").await, lookups, "no SIP lookup");
+    assert_eq!(config_requests(&sim).await, configs, "no config fetched");
+    assert_eq!(w.rooms.connect_count(), 1, "no room joined");
+
+    // The live call goes on to its natural end and delivers its result.
+    say(&room, sip, &caller_audio_16k(&repo_root().join("assets/audio/caller-1.wav")), 600).await;
+    assert!(until_bot_spoke(&room, sip, 16_000, Duration::from_secs(10)).await, "the live call is still answered");
+    room.participant_left(sip, Some("CLIENT_INITIATED")).await.unwrap();
+    let results = sim.wait_results(1, Duration::from_secs(20)).await;
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0]["disconnected_by"], "customer");
 }
