@@ -61,7 +61,8 @@ impl<'a, L: CallLink> Driver<'a, L> {
         if smart_turn {
             engine_cfg.turn_model_max_wait = Some(Duration::from_secs(3));
         }
-        let vars = call_vars.into_iter().fold(cxb_tools::CallVariables::new(), |vars, (name, value)| vars.with(name, value));
+        let vars =
+            call_vars.into_iter().fold(cxb_tools::CallVariables::new(), |vars, (name, value)| vars.with(name, value));
         let (tx, rx) = mpsc::channel(TASK_RESULTS);
         let recording = match crate::recordings::CallRecording::start(&app.settings, &cfg.session_id, rate, started_at)
         {
