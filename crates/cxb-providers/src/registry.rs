@@ -256,9 +256,59 @@ pub const ELEVENLABS: Vendor = Vendor {
     client: Client::Tts(|p| Box::pin(crate::tts_elevenlabs::connect(p))),
 };
 
+/// Soniox real-time STT (`/transcribe-websocket`), the "multilingual STT" of the original.
+pub const SONIOX: Vendor = Vendor {
+    name: "soniox",
+    aliases: &[],
+    api_root: "wss://stt-rt.soniox.com",
+    default_model: "stt-rt-v4",
+    key_env: &["SONIOX_API_KEY"],
+    model_routes: &[],
+    // pcm_s16le at whatever rate the config message declares.
+    caps: Capabilities { word_timings: true, ..Capabilities::NONE },
+    client: Client::Stt(|p| Box::pin(crate::stt_soniox::connect(p))),
+};
+
+/// Sarvam streaming STT (Saarika / Saaras, `/speech-to-text/ws`).
+pub const SARVAM_STT: Vendor = Vendor {
+    name: "sarvam",
+    aliases: &[],
+    api_root: "wss://api.sarvam.ai",
+    default_model: "saaras:v3",
+    key_env: &["SARVAM_API_KEY"],
+    model_routes: &[],
+    caps: Capabilities { sample_rates: &crate::stt_sarvam::SAMPLE_RATES, ..Capabilities::NONE },
+    client: Client::Stt(|p| Box::pin(crate::stt_sarvam::connect(p))),
+};
+
+/// Sarvam Bulbul TTS (`/text-to-speech/ws`; one context per socket, a warm spare for barge-in).
+pub const SARVAM_TTS: Vendor = Vendor {
+    name: "sarvam",
+    aliases: &[],
+    api_root: "wss://api.sarvam.ai",
+    default_model: "bulbul:v2",
+    key_env: &["SARVAM_API_KEY"],
+    model_routes: &[],
+    caps: Capabilities { sample_rates: &crate::tts_sarvam::SAMPLE_RATES, ..Capabilities::NONE },
+    client: Client::Tts(|p| Box::pin(crate::tts_sarvam::connect(p))),
+};
+
+/// Deepgram Aura-2 TTS (`/v1/speak`; one stream per socket, `Clear` on barge-in).
+pub const DEEPGRAM_AURA: Vendor = Vendor {
+    name: "deepgram",
+    aliases: &[],
+    api_root: "wss://api.deepgram.com",
+    default_model: "aura-2-thalia-en",
+    key_env: &["DEEPGRAM_API_KEY"],
+    model_routes: &[],
+    caps: Capabilities { sample_rates: &crate::tts_aura::SAMPLE_RATES, ..Capabilities::NONE },
+    client: Client::Tts(|p| Box::pin(crate::tts_aura::connect(p))),
+};
+
 /// Every vendor this worker speaks. Names are unique within a kind (the same brand may offer
 /// STT and TTS under one name).
-pub static VENDORS: &[Vendor] = &[DEEPGRAM, DEEPGRAM_FLUX, OPENAI, CARTESIA, ELEVENLABS];
+pub static VENDORS: &[Vendor] =
+    &[DEEPGRAM, DEEPGRAM_FLUX, SONIOX, SARVAM_STT, OPENAI, CARTESIA, ELEVENLABS, SARVAM_TTS, DEEPGRAM_AURA];
 
 // ---------------------------------------------------------------------------------------------
 // Lookup
@@ -395,8 +445,13 @@ mod tests {
         assert_eq!(name(Kind::Stt, ""), Ok("deepgram"));
         assert_eq!(name(Kind::Llm, " "), Ok("openai"));
         assert_eq!(name(Kind::Tts, ""), Ok("cartesia"));
+        assert_eq!(name(Kind::Stt, "soniox"), Ok("soniox"));
+        assert_eq!(name(Kind::Tts, "sarvam"), Ok("sarvam"));
+        // Deepgram's TTS is Aura: the same brand name resolves per kind.
+        assert!(std::ptr::eq(resolve(Kind::Tts, "deepgram", "").unwrap(), &DEEPGRAM_AURA));
         // A name of another kind is not a vendor of this one.
-        assert!(matches!(resolve(Kind::Tts, "deepgram", ""), Err(ProviderError::UnknownProvider { .. })));
+        assert!(matches!(resolve(Kind::Tts, "openai", ""), Err(ProviderError::UnknownProvider { .. })));
+        assert!(matches!(resolve(Kind::Stt, "cartesia", ""), Err(ProviderError::UnknownProvider { .. })));
     }
 
     #[test]
@@ -414,7 +469,7 @@ mod tests {
         let text = err.to_string();
         assert!(text.starts_with("tts.provider \"Acme-Voice\" is not a known TTS provider"), "{text}");
         assert!(text.contains("cartesia") && text.contains("elevenlabs (tts_engine, eleven_labs, 11labs)"), "{text}");
-        assert!(!text.contains("deepgram"), "only names of this kind: {text}");
+        assert!(!text.contains("openai") && !text.contains("soniox"), "only names of this kind: {text}");
         assert_eq!(err.provider(), "unknown");
     }
 
