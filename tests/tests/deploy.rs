@@ -75,7 +75,9 @@ fn setting_env_names(help: &str) -> BTreeSet<String> {
         help.split("[env: ").skip(1).filter_map(|rest| rest.split(['=', ']']).next()).map(str::to_string).collect();
     // The provider API-key variables are listed after the flags, one per line.
     if let Some(keys) = help.split("Provider API keys").nth(1) {
-        names.extend(keys.lines().filter_map(|l| l.split_whitespace().next()).filter(|w| is_env_name(w)).map(str::to_string));
+        names.extend(
+            keys.lines().filter_map(|l| l.split_whitespace().next()).filter(|w| is_env_name(w)).map(str::to_string),
+        );
     }
     names
 }

@@ -83,3 +83,89 @@ impl OpenAiStream {
         Ok(events)
     }
 }
+
+pub use crate::stt_session::Parsed as SttParsed;
+pub use crate::tts_aura::Incoming as AuraIncoming;
+pub use crate::tts_sarvam::Incoming as SarvamTtsIncoming;
+
+/// A streaming STT vendor's side of the shared session loop (`stt_session::Dialect`), fed the
+/// way the session feeds it.
+pub struct SttDialect(Box<dyn DialectCalls>);
+
+/// The dialect calls the session makes with server input (object-safe).
+trait DialectCalls {
+    fn on_text(&mut self, text: &str) -> SttParsed;
+    fn finalize(&mut self);
+    fn end_of_stream(&mut self);
+    fn on_end(&mut self) -> Vec<SttEvent>;
+}
+
+impl<D: crate::stt_session::Dialect> DialectCalls for D {
+    fn on_text(&mut self, text: &str) -> SttParsed {
+        crate::stt_session::Dialect::on_text(self, text)
+    }
+    fn finalize(&mut self) {
+        let _ = crate::stt_session::Dialect::finalize(self);
+    }
+    fn end_of_stream(&mut self) {
+        let _ = crate::stt_session::Dialect::end_of_stream(self);
+    }
+    fn on_end(&mut self) -> Vec<SttEvent> {
+        crate::stt_session::Dialect::on_end(self)
+    }
+}
+
+impl SttDialect {
+    pub fn soniox() -> Self {
+        Self(Box::<crate::stt_soniox::Soniox>::default())
+    }
+
+    pub fn sarvam() -> Self {
+        Self(Box::<crate::stt_sarvam::Sarvam>::default())
+    }
+
+    /// One server text frame.
+    pub fn on_text(&mut self, text: &str) -> SttParsed {
+        self.0.on_text(text)
+    }
+
+    /// The caller's turn ended on our side (`finalize()`).
+    pub fn finalize(&mut self) {
+        self.0.finalize();
+    }
+
+    /// The driver closes the stream (`close()`).
+    pub fn end_of_stream(&mut self) {
+        self.0.end_of_stream();
+    }
+
+    /// The socket ended: what is still buffered.
+    pub fn on_end(&mut self) -> Vec<SttEvent> {
+        self.0.on_end()
+    }
+}
+
+/// One Deepgram Aura server text frame; `None` for what needs no action.
+pub fn aura_message(text: &str) -> Option<AuraIncoming> {
+    crate::tts_aura::parse(text)
+}
+
+/// One Sarvam TTS server text frame; `None` for what needs no action.
+pub fn sarvam_tts_message(text: &str) -> Option<SarvamTtsIncoming> {
+    crate::tts_sarvam::parse(text)
+}
+
+/// s16le audio split anywhere by the vendor (Aura's binary frames, the base64 chunks of
+/// Cartesia, ElevenLabs and Sarvam): an odd byte is carried into the next piece.
+#[derive(Default)]
+pub struct PcmCarry(Option<u8>);
+
+impl PcmCarry {
+    pub fn from_le_bytes(&mut self, bytes: &[u8]) -> Vec<i16> {
+        crate::ws::pcm_from_le_bytes(&mut self.0, bytes)
+    }
+
+    pub fn from_base64(&mut self, b64: &str) -> Result<Vec<i16>, base64::DecodeError> {
+        crate::ws::pcm_from_base64(&mut self.0, b64)
+    }
+}

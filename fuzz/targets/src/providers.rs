@@ -8,7 +8,9 @@ use std::collections::HashMap;
 
 use base64::Engine as _;
 use cxb_providers::llm::LlmEvent;
-use cxb_providers::parsers::{self, CartesiaMessages, CartesiaReaction, ElevenLabsContext, FluxIncoming};
+use cxb_providers::parsers::{
+    self, CartesiaMessages, CartesiaReaction, ElevenLabsContext, FluxIncoming, SarvamTtsIncoming,
+};
 use cxb_providers::stt::SttEvent;
 use cxb_providers::stt_flux::FluxEvent;
 use cxb_providers::tts::TtsEvent;
@@ -197,4 +199,77 @@ pub fn elevenlabs(data: &[u8]) {
 fn audio_bytes(text: &str) -> usize {
     let Ok(m) = serde_json::from_str::<ElevenLabsAudio>(text) else { return 0 };
     decoded_len(m.audio.as_deref()).unwrap_or(0)
+}
+
+/// A streaming STT dialect on the shared session loop: records `T` (a server text frame), `F` (our
+/// VAD ended the turn: finalize), `E` (the driver closes the stream); then the socket ends. Every
+/// transcript surfaced has words, trimmed; nothing is read after the server's last message.
+fn stt_dialect(mut dialect: parsers::SttDialect, data: &[u8]) {
+    let mut events = Vec::new();
+    for (kind, body) in records(data) {
+        match kind {
+            b'T' => {
+                let Some(text) = crate::text(body) else { continue };
+                let parsed = dialect.on_text(text);
+                events.extend(parsed.events);
+                if parsed.finished {
+                    break;
+                }
+            }
+            b'F' => dialect.finalize(),
+            b'E' => dialect.end_of_stream(),
+            _ => {}
+        }
+    }
+    events.extend(dialect.on_end());
+    for event in events {
+        if let SttEvent::Transcript(t) = event {
+            assert!(!t.text.is_empty() && t.text.trim() == t.text, "transcript {:?}", t.text);
+        }
+    }
+}
+
+pub fn soniox(data: &[u8]) {
+    stt_dialect(parsers::SttDialect::soniox(), data);
+}
+
+pub fn sarvam_stt(data: &[u8]) {
+    stt_dialect(parsers::SttDialect::sarvam(), data);
+}
+
+/// Deepgram Aura: records `T` (a server text frame) and `B` (a binary frame of s16le audio, split
+/// anywhere). The audio decodes to exactly the bytes received, two per sample.
+pub fn aura(data: &[u8]) {
+    let (mut carry, mut tally) = (parsers::PcmCarry::default(), Tally::default());
+    for (kind, body) in records(data) {
+        match kind {
+            b'T' => {
+                if let Some(text) = crate::text(body) {
+                    let _ = parsers::aura_message(text);
+                }
+            }
+            b'B' => tally.add(body.len(), carry.from_le_bytes(body).len()),
+            _ => {}
+        }
+    }
+    tally.check("aura");
+}
+
+/// Sarvam TTS: `T` server text frames of one context. Audio decodes to exactly the bytes of its
+/// chunks, two per sample.
+pub fn sarvam_tts(data: &[u8]) {
+    let (mut carry, mut tally) = (parsers::PcmCarry::default(), Tally::default());
+    for (kind, body) in records(data) {
+        let Some(text) = crate::text(body).filter(|_| kind == b'T') else { continue };
+        match parsers::sarvam_tts_message(text) {
+            Some(SarvamTtsIncoming::Audio(b64)) => {
+                if let (Some(bytes), Ok(pcm)) = (decoded_len(Some(&b64)), carry.from_base64(&b64)) {
+                    tally.add(bytes, pcm.len());
+                }
+            }
+            Some(SarvamTtsIncoming::Error(_)) => break,
+            Some(SarvamTtsIncoming::Final) | None => {}
+        }
+    }
+    tally.check("sarvam tts");
 }
