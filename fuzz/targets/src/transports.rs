@@ -28,8 +28,13 @@ use crate::records::records;
 const API_BASE: &str = "http://127.0.0.1:9";
 
 /// A config with credentials for every REST hang-up, so `H` exercises them. Twilio's account
-/// comes from the stream (`accountSid`), as when the config names none.
-fn canned_config() -> BotConfig {
+/// comes from the stream (`accountSid`), as when the config names none. Parsed once.
+fn canned_config() -> &'static BotConfig {
+    static CONFIG: std::sync::OnceLock<BotConfig> = std::sync::OnceLock::new();
+    CONFIG.get_or_init(parse_canned_config)
+}
+
+fn parse_canned_config() -> BotConfig {
     let json = format!(
         r#"{{"session_id":"fuzz","telephony":{{
             "twilio":{{"auth_token":"tok","api_base":"{API_BASE}"}},
@@ -203,7 +208,7 @@ impl<T: Transport + 'static> Call<T> {
                 if let Some(samples) = early_audio {
                     check_audio_len(samples.len(), rate);
                 }
-                self.t.on_config(&canned_config());
+                self.t.on_config(canned_config());
                 true
             }
             Ok(HandshakeStep::Continue | HandshakeStep::MetaReady) => true,
