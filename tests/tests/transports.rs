@@ -92,6 +92,7 @@ fn assert_three_turn_call(summary: &Value, r: &Value, transport: &str) {
     assert_eq!(bot[0]["text"], "Hello! This is the CXB demo line. How can I help you today?");
     assert!(bot.iter().any(|l| l["interrupted"] == true), "the barge-in cut a bot line: {:#}", r["transcript"]);
     assert_eq!(bot.last().unwrap()["text"], "Thank you for calling. Goodbye!");
+    assert_goodbye_heard(summary, r);
     assert_eq!(r["latency_samples"].as_array().unwrap().len(), 3);
     assert!(protocol_errors(r).is_empty(), "{:?}", protocol_errors(r));
 }

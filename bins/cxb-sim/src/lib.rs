@@ -8,7 +8,10 @@
 pub mod audio;
 pub mod dialler;
 pub mod fake_api;
+pub mod llm_anthropic;
+pub mod llm_gemini;
 pub mod llm_openai;
+pub mod oauth_token;
 pub mod protocols;
 pub mod script;
 pub mod stats;
@@ -178,6 +181,10 @@ pub struct SimState {
     pub telephony: telephony_fakes::Store,
     /// Sarvam TTS connection histories (`GET /sim/sarvam-tts`).
     pub sarvam_tts: tts_sarvam::Log,
+    /// Gemini / Vertex caches and requests; the Google token endpoint; Anthropic prompt caches.
+    pub google: llm_gemini::Store,
+    pub oauth: oauth_token::Store,
+    pub anthropic: llm_anthropic::Store,
 }
 
 pub const LLM_REQUESTS_KEPT: usize = 200;
@@ -215,6 +222,9 @@ impl SimState {
             next_call_id: AtomicU64::new(1),
             telephony: telephony_fakes::Store::default(),
             sarvam_tts: tts_sarvam::Log::default(),
+            google: Default::default(),
+            oauth: Default::default(),
+            anthropic: Default::default(),
         }
     }
 
@@ -283,6 +293,9 @@ pub fn router(state: Arc<SimState>) -> Router {
         .route("/v1/speak", get(tts_aura::handler))
         .merge(fake_api::routes())
         .merge(telephony_fakes::routes())
+        .merge(llm_gemini::routes())
+        .merge(oauth_token::routes())
+        .merge(llm_anthropic::routes())
         .with_state(state)
 }
 

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod call;
 pub mod config_client;
 pub mod delivery;
+pub mod knowledge;
 pub mod link;
 pub mod livekit;
 pub mod metrics_setup;

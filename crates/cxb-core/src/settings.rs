@@ -95,6 +95,17 @@ pub struct Settings {
     #[arg(skip)]
     pub provider_keys: ProviderKeys,
 
+    /// Knowledge bases for the embedded default's `search_knowledge` tool: one folder per
+    /// knowledge-base id holding `.md`/`.txt` documents, indexed at start and re-indexed on
+    /// change. Unused when a CXB API is configured (it owns knowledge search).
+    #[arg(long, env = "CXBCORE_KNOWLEDGE_DIR", default_value = cxb_knowledge::DEFAULT_KNOWLEDGE_DIR)]
+    pub knowledge_dir: PathBuf,
+
+    /// Bound on one knowledge search, in milliseconds (a slow search is a tool error the LLM
+    /// sees, never a failed call).
+    #[arg(long, env = "CXBCORE_KNOWLEDGE_TIMEOUT_MS", default_value_t = 3000)]
+    pub knowledge_timeout_ms: u64,
+
     /// Base URL CXB API reaches this worker at (e.g. `https://fleet1.example.com`), for
     /// `recording_url` when no bucket or public URL gives one: `{base}/recordings/{key}`.
     /// Unset: `http://{listen address}`, with `0.0.0.0`/`::` replaced by the host name.

@@ -19,6 +19,9 @@ pub enum ProviderError {
     /// A bot config names a provider the registry does not know (a config error).
     #[error("{}.provider {name:?} is not a known {kind} provider; known: {}", kind.block(), crate::registry::known_names(*kind))]
     UnknownProvider { kind: crate::registry::Kind, name: String },
+    /// The bot's provider block cannot work as configured (a missing project, an unusable key).
+    #[error("{provider}: configuration: {detail}")]
+    Config { provider: &'static str, detail: String },
 }
 
 impl ProviderError {
@@ -31,6 +34,7 @@ impl ProviderError {
             | Self::Timeout { provider, .. }
             | Self::Closed { provider, .. }
             | Self::Remote { provider, .. }
+            | Self::Config { provider, .. }
             | Self::Backlog { provider } => provider,
             Self::UnknownProvider { .. } => "unknown",
         }

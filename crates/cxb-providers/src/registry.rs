@@ -16,7 +16,7 @@ use cxb_wire::llm::ChatRequest;
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
-use crate::llm::{LlmEvent, LlmParams};
+use crate::llm::{LlmClient, LlmEvent, LlmParams};
 use crate::stt::{SttEvent, SttHandle, SttParams};
 use crate::tts::{TtsEvent, TtsHandle, TtsParams};
 use crate::ProviderError;
@@ -28,8 +28,19 @@ pub type SttConnect =
 pub type TtsConnect =
     for<'a> fn(&'a TtsParams) -> BoxFuture<'a, Result<(TtsHandle, mpsc::Receiver<TtsEvent>), ProviderError>>;
 /// Runs one streaming chat request to its end, sending events to the channel (`async fn run` of
-/// a vendor file, boxed). The task running it is aborted when the caller drops the stream.
-pub type LlmRun = fn(reqwest::Client, LlmParams, ChatRequest, mpsc::Sender<LlmEvent>) -> BoxFuture<'static, ()>;
+/// a vendor file, boxed), with the process-wide client (HTTP pool, tokens, prompt caches). The
+/// task running it is aborted when the caller drops the stream.
+pub type LlmRun = fn(LlmClient, LlmParams, ChatRequest, mpsc::Sender<LlmEvent>) -> BoxFuture<'static, ()>;
+/// Makes a request's explicit prompt cache ready without generating (vendors whose caches are
+/// created ahead of use).
+pub type LlmPrewarm = fn(LlmClient, LlmParams, ChatRequest) -> BoxFuture<'static, ()>;
+
+/// How an LLM vendor is spoken to.
+#[derive(Clone, Copy)]
+pub struct LlmDriver {
+    pub run: LlmRun,
+    pub prewarm: Option<LlmPrewarm>,
+}
 
 /// What a vendor is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,7 +85,7 @@ impl fmt::Display for Kind {
 #[derive(Clone, Copy)]
 pub enum Client {
     Stt(SttConnect),
-    Llm(LlmRun),
+    Llm(LlmDriver),
     Tts(TtsConnect),
 }
 
@@ -223,7 +234,92 @@ pub const OPENAI: Vendor = Vendor {
     key_env: &["OPENAI_API_KEY"],
     model_routes: &[],
     caps: Capabilities { tools: true, json_mode: true, prompt_caching: true, ..Capabilities::NONE },
-    client: Client::Llm(|http, params, req, tx| Box::pin(crate::llm_openai::run(http, params, req, tx))),
+    client: Client::Llm(LlmDriver {
+        run: |client, params, req, tx| Box::pin(crate::llm_openai::run(client.http, params, req, tx)),
+        prewarm: None,
+    }),
+};
+
+/// The Gemini API (`{root}/v1beta/models/{model}:streamGenerateContent?alt=sse`, API key).
+pub const GOOGLE: Vendor = Vendor {
+    name: "google",
+    aliases: &["gemini", "google_gemini"],
+    api_root: "https://generativelanguage.googleapis.com",
+    default_model: "gemini-2.5-flash",
+    key_env: &["GEMINI_API_KEY", "GOOGLE_API_KEY"],
+    model_routes: &[],
+    caps: Capabilities { tools: true, json_mode: true, prompt_caching: true, ..Capabilities::NONE },
+    client: Client::Llm(LlmDriver {
+        run: |client, params, req, tx| {
+            Box::pin(crate::llm_gemini::run(
+                client.http,
+                params,
+                req,
+                tx,
+                client.google,
+                crate::llm_gemini::Flavour::Api,
+            ))
+        },
+        prewarm: Some(|client, params, req| {
+            Box::pin(crate::llm_gemini::prewarm(
+                client.http,
+                params,
+                req,
+                client.google,
+                crate::llm_gemini::Flavour::Api,
+            ))
+        }),
+    }),
+};
+
+/// Gemini on Vertex AI (regional, multi-region or `global` host; service-account OAuth). The
+/// API root depends on `extra.location`, so the client picks it when no `base_url` is given.
+pub const GOOGLE_VERTEX: Vendor = Vendor {
+    name: "google_vertex",
+    aliases: &["vertex", "vertex_ai", "google-vertex"],
+    api_root: "",
+    default_model: "gemini-2.5-flash",
+    // The key is a service-account key JSON in the bot's `api_key`, or the file named by
+    // GOOGLE_APPLICATION_CREDENTIALS (read by the client, not a key variable).
+    key_env: &[],
+    model_routes: &[],
+    caps: Capabilities { tools: true, json_mode: true, prompt_caching: true, ..Capabilities::NONE },
+    client: Client::Llm(LlmDriver {
+        run: |client, params, req, tx| {
+            Box::pin(crate::llm_gemini::run(
+                client.http,
+                params,
+                req,
+                tx,
+                client.google,
+                crate::llm_gemini::Flavour::Vertex,
+            ))
+        },
+        prewarm: Some(|client, params, req| {
+            Box::pin(crate::llm_gemini::prewarm(
+                client.http,
+                params,
+                req,
+                client.google,
+                crate::llm_gemini::Flavour::Vertex,
+            ))
+        }),
+    }),
+};
+
+/// Anthropic Messages (`{root}/v1/messages`, SSE).
+pub const ANTHROPIC: Vendor = Vendor {
+    name: "anthropic",
+    aliases: &["claude"],
+    api_root: "https://api.anthropic.com",
+    default_model: "claude-sonnet-4-5",
+    key_env: &["ANTHROPIC_API_KEY"],
+    model_routes: &[],
+    caps: Capabilities { tools: true, prompt_caching: true, ..Capabilities::NONE },
+    client: Client::Llm(LlmDriver {
+        run: |client, params, req, tx| Box::pin(crate::llm_anthropic::run(client.http, params, req, tx)),
+        prewarm: None,
+    }),
 };
 
 /// Cartesia `/tts/websocket` (contexts multiplexed on one socket).
@@ -307,8 +403,20 @@ pub const DEEPGRAM_AURA: Vendor = Vendor {
 
 /// Every vendor this worker speaks. Names are unique within a kind (the same brand may offer
 /// STT and TTS under one name).
-pub static VENDORS: &[Vendor] =
-    &[DEEPGRAM, DEEPGRAM_FLUX, SONIOX, SARVAM_STT, OPENAI, CARTESIA, ELEVENLABS, SARVAM_TTS, DEEPGRAM_AURA];
+pub static VENDORS: &[Vendor] = &[
+    DEEPGRAM,
+    DEEPGRAM_FLUX,
+    SONIOX,
+    SARVAM_STT,
+    OPENAI,
+    GOOGLE,
+    GOOGLE_VERTEX,
+    ANTHROPIC,
+    CARTESIA,
+    ELEVENLABS,
+    SARVAM_TTS,
+    DEEPGRAM_AURA,
+];
 
 // ---------------------------------------------------------------------------------------------
 // Lookup
@@ -448,7 +556,7 @@ mod tests {
         assert_eq!(name(Kind::Stt, "soniox"), Ok("soniox"));
         assert_eq!(name(Kind::Tts, "sarvam"), Ok("sarvam"));
         // Deepgram's TTS is Aura: the same brand name resolves per kind.
-        assert!(std::ptr::eq(resolve(Kind::Tts, "deepgram", "").unwrap(), &DEEPGRAM_AURA));
+        assert_eq!(resolve(Kind::Tts, "deepgram", "").unwrap().default_model, DEEPGRAM_AURA.default_model);
         // A name of another kind is not a vendor of this one.
         assert!(matches!(resolve(Kind::Tts, "openai", ""), Err(ProviderError::UnknownProvider { .. })));
         assert!(matches!(resolve(Kind::Stt, "cartesia", ""), Err(ProviderError::UnknownProvider { .. })));
@@ -493,8 +601,15 @@ mod tests {
             for alias in v.aliases {
                 assert_eq!(find(v.kind(), alias).map(|f| f.name), Some(v.name), "alias {alias} is unambiguous");
             }
+            assert!(!v.default_model.is_empty(), "{}", v.name);
+            if v.name == GOOGLE_VERTEX.name {
+                // Vertex AI's root is regional (built from the key's location) and its credential
+                // is a service-account key, not a key variable.
+                assert!(v.api_root.is_empty() && v.key_env.is_empty());
+                continue;
+            }
             assert!(!v.key_env.is_empty() && v.key_env.iter().all(|k| k.ends_with("_API_KEY")), "{}", v.name);
-            assert!(v.api_root.contains("://") && !v.default_model.is_empty(), "{}", v.name);
+            assert!(v.api_root.contains("://"), "{}", v.name);
             for (_, target) in v.model_routes {
                 assert_eq!(target.kind(), v.kind(), "{} routes within its kind", v.name);
             }

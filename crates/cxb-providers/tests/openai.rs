@@ -131,6 +131,7 @@ const USAGE: Usage = Usage {
     total_tokens: 2306,
     cached_tokens: 1920,
     cache_write_tokens: 0,
+    thoughts_tokens: 0,
 };
 
 async fn collect(mut stream: LlmStream) -> Vec<LlmEvent> {

@@ -78,8 +78,8 @@ async fn unknown_providers_are_config_errors() {
     assert!(err.to_string().contains("stt.provider \"whisperx\""), "{err}");
     assert!(err.to_string().contains("known: deepgram (stt_streaming, deepgram_nova, nova), deepgram_flux"), "{err}");
 
-    let err = tts::connect(&tts_params("deepgram", "ws://127.0.0.1:9")).await.unwrap_err();
-    assert!(err.to_string().starts_with("tts.provider \"deepgram\" is not a known TTS provider"), "{err}");
+    let err = tts::connect(&tts_params("soniox", "ws://127.0.0.1:9")).await.unwrap_err();
+    assert!(err.to_string().starts_with("tts.provider \"soniox\" is not a known TTS provider"), "{err}");
 
     let params = LlmParams {
         provider: "no-such-llm".into(),

@@ -81,6 +81,8 @@ pub(super) struct TurnWindow {
 /// The bot's custom tools, and the results of work the call does off its task.
 pub(super) struct Tasks {
     pub(super) tools: Arc<cxb_tools::ToolRegistry>,
+    /// `search_knowledge`, when the bot enables knowledge.
+    pub(super) knowledge: Option<cxb_knowledge::KnowledgeTool>,
     /// The `{{call.*}}` values tool templates can use.
     pub(super) vars: Arc<cxb_tools::CallVariables>,
     /// Bounded ([`TASK_RESULTS`]); each task sends one result.
@@ -92,15 +94,31 @@ pub(super) struct Tasks {
 
 /// What a piece of work done for the engine reports back.
 pub(super) enum TaskResult {
-    Tool { call_id: String, content: String, is_error: bool },
+    Tool {
+        call_id: String,
+        content: String,
+        is_error: bool,
+    },
+    /// A knowledge search: a tool result plus its `knowledge_retrieval` event.
+    Knowledge {
+        call_id: String,
+        content: String,
+        is_error: bool,
+        event: serde_json::Value,
+    },
     Transfer(Result<(), TransferError>),
-    TurnPrediction { complete: bool },
+    TurnPrediction {
+        complete: bool,
+    },
 }
 
 impl TaskResult {
     fn into_input(self) -> Input {
         match self {
-            TaskResult::Tool { call_id, content, is_error } => Input::ToolResult { call_id, content, is_error },
+            TaskResult::Tool { call_id, content, is_error }
+            | TaskResult::Knowledge { call_id, content, is_error, .. } => {
+                Input::ToolResult { call_id, content, is_error }
+            }
             TaskResult::Transfer(Ok(())) => Input::TransferResult { ok: true, error: None },
             TaskResult::Transfer(Err(error)) => {
                 warn!(%error, "transfer failed");
@@ -258,6 +276,10 @@ impl<L: CallLink> Driver<'_, L> {
             // The one place task results reach the engine: produced on the spot by the actions
             // above, or received from a task by the drive loop.
             for result in std::mem::take(&mut self.tasks.ready) {
+                if let TaskResult::Knowledge { event, .. } = &result {
+                    let event = self.event(cxb_knowledge::EVENT_TYPE, event.clone());
+                    self.log.events.push(event);
+                }
                 self.input(result.into_input());
             }
         }
@@ -308,12 +330,12 @@ impl<L: CallLink> Driver<'_, L> {
                     self.marks.place(mark, utterance);
                 }
             }
-            Action::Transfer { destination, method, kind, target, reason } => {
-                info!(%destination, %method, %target, %reason, "transferring the call");
-                let start = if method == cxb_wire::transfer::METHOD_AGENT_DESK {
-                    self.enqueue_handoff(&destination, &target, &reason)
+            Action::Transfer { to, reason } => {
+                info!(destination = %to.destination, method = %to.method, target = %to.target, %reason, "transferring the call");
+                let start = if to.is_agent_desk() {
+                    self.enqueue_handoff(&to.destination, &to.target, &reason)
                 } else {
-                    self.link.transfer(&destination, &method, &kind, &reason)
+                    self.link.transfer(&to.destination, &to.method, &to.kind, &reason)
                 };
                 match start {
                     TransferStart::Done(result) => self.tasks.ready.push(TaskResult::Transfer(result)),
@@ -351,6 +373,27 @@ impl<L: CallLink> Driver<'_, L> {
     /// Run a custom HTTP tool in its own task; its (bounded) result comes back on the task
     /// channel.
     fn run_tool(&mut self, call_id: String, name: String, arguments: String) {
+        if let Some(knowledge) = self.tasks.knowledge.clone().filter(|_| name == cxb_knowledge::TOOL_NAME) {
+            let (tx, bot_id, session_id) =
+                (self.tasks.tx.clone(), self.cfg.bot_id.clone(), self.cfg.session_id.clone());
+            spawn_in_call(async move {
+                let outcome = knowledge.run(&arguments, &bot_id, &session_id).await;
+                let result = if outcome.error.is_some() { "error" } else { "ok" };
+                metrics::counter!("cxb_knowledge_searches_total", "result" => result).increment(1);
+                metrics::histogram!("cxb_knowledge_search_seconds").record(outcome.elapsed.as_secs_f64());
+                info!(
+                    hits = outcome.hits.len(),
+                    elapsed_ms = outcome.elapsed.as_millis() as u64,
+                    result,
+                    "knowledge search finished"
+                );
+                let event = outcome.event();
+                let result =
+                    TaskResult::Knowledge { call_id, content: outcome.content, is_error: outcome.is_error, event };
+                let _ = tx.send(result).await;
+            });
+            return;
+        }
         if self.tasks.tools.get(&name).is_none() {
             warn!(tool = %name, "the LLM called a tool without a usable HTTP binding");
             let content = format!("error: the tool {name:?} is not available");

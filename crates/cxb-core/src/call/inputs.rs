@@ -164,6 +164,8 @@ impl<L: CallLink> Driver<'_, L> {
         match ev {
             Some(LlmEvent::Token(text)) => self.input(Input::LlmToken { turn, text }),
             Some(LlmEvent::ToolCalls(calls)) => self.input(Input::LlmToolCalls { turn, calls }),
+            // Only requests with a prompt_cache hint report one; the driver sends none yet.
+            Some(LlmEvent::Cache(_)) => {}
             Some(LlmEvent::Done { usage, .. }) => {
                 self.providers.llm = None;
                 self.input(Input::LlmDone { turn, usage });

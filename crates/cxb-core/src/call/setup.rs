@@ -51,6 +51,15 @@ impl<'a, L: CallLink> Driver<'a, L> {
             let timing = cxb_engine::ToolTiming { timeout: t.timeout() + Duration::from_millis(500), pre_message: pre };
             engine_cfg.tool_timings.insert(t.name().to_string(), timing);
         }
+        let knowledge = crate::knowledge::tool_for(&cfg, app.knowledge.as_ref(), &app.settings);
+        if let Some(k) = &knowledge {
+            engine_cfg.custom_tools.push(k.spec().to_openai_json());
+            // A slow search is covered by the filler; the engine's bound sits past the search's.
+            let timeout = Duration::from_millis(app.settings.knowledge_timeout_ms) + Duration::from_millis(500);
+            engine_cfg
+                .tool_timings
+                .insert(cxb_knowledge::TOOL_NAME.into(), cxb_engine::ToolTiming { timeout, pre_message: None });
+        }
         let smart_turn = cfg.turn.mode.as_deref() == Some("smart_turn") && {
             let ok = crate::smart_turn::available();
             if !ok {
@@ -92,7 +101,7 @@ impl<'a, L: CallLink> Driver<'a, L> {
                     scratch: Vec::new(),
                 }),
             },
-            tasks: Tasks { tools: Arc::new(tools), vars: Arc::new(vars), tx, rx, ready: Vec::new() },
+            tasks: Tasks { tools: Arc::new(tools), knowledge, vars: Arc::new(vars), tx, rx, ready: Vec::new() },
             marks: Marks::default(),
             recording,
             log: CallLog {
@@ -196,12 +205,9 @@ pub(crate) fn engine_config(cfg: &BotConfig, rate: u32, transport: &str) -> Engi
     });
     e.voicemail_detection = cfg.voicemail_detection.unwrap_or(true);
     e.voicemail_message = cfg.voicemail_message.clone();
-    e.transfer = Some(cxb_engine::TransferOptions {
-        targets: cfg.transfer_targets.clone(),
-        numbers: cfg.transfer_numbers.clone(),
-        transport: transport.to_string(),
-        pre_transfer_message: cfg.pre_transfer_message.clone(),
-    });
+    e.end_call_message = cfg.end_call_message.clone();
+    e.transfer = cxb_engine::TransferChoices::for_transport(&cfg.transfer_targets, &cfg.transfer_numbers, transport)
+        .map(|choices| cxb_engine::TransferOptions { choices, pre_transfer_message: cfg.pre_transfer_message.clone() });
     e.filler_phrases = cfg.filler.phrases.iter().filter(|p| !p.trim().is_empty()).cloned().collect();
     if let Some(t) = millis(cfg.filler.after_ms, 30_000) {
         e.filler_after = t;

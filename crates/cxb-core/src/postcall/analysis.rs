@@ -146,6 +146,7 @@ pub fn request(
         max_tokens: Some(max_tokens),
         extra,
         response,
+        prompt_cache: None,
     }
 }
 
@@ -182,7 +183,7 @@ async fn complete(
                     text.push_str(&t);
                 }
             }
-            Some(LlmEvent::ToolCalls(_)) => {}
+            Some(LlmEvent::ToolCalls(_) | LlmEvent::Cache(_)) => {}
             Some(LlmEvent::Done { finish_reason, usage }) => return Ok((text, finish_reason, usage)),
             Some(LlmEvent::Error(e)) => return Err(e),
             None => {
