@@ -2,11 +2,13 @@
 //! crate so the fuzz targets (`fuzz/`) drive exactly the code the clients run. Not a stable API.
 
 use crate::llm::LlmEvent;
-use crate::llm_openai::{Accumulator, SseParser};
+use crate::llm_openai::{SseParser, StreamState};
 use crate::stt::SttEvent;
 use crate::tts_context::Contexts;
 use crate::ProviderError;
 
+pub use crate::google_auth::Fetch as GoogleTokenFailure;
+pub use crate::prompt_cache::CacheError as GoogleCacheError;
 pub use crate::stt_flux::Incoming as FluxIncoming;
 pub use crate::tts_cartesia::Reaction as CartesiaReaction;
 pub use crate::tts_elevenlabs::{ContextDecoder as ElevenLabsContext, ContextMessage as ElevenLabsMessage};
@@ -49,39 +51,116 @@ impl CartesiaMessages {
     }
 }
 
-/// An OpenAI-compatible streaming response body, fed in pieces as the network splits it.
-#[derive(Default)]
-pub struct OpenAiStream {
+/// A streaming LLM response body (OpenAI-compatible, Gemini / Vertex, Anthropic), fed in pieces
+/// as the network splits it, read as the client's SSE pump reads it: payloads stop being read
+/// once the vendor's end marker is seen, and the body's end concludes the answer.
+pub struct LlmStream {
     parser: SseParser,
-    acc: Accumulator,
+    state: VendorState,
+    /// The vendor's end marker was seen: the client reads no further.
+    finished: bool,
 }
 
-impl OpenAiStream {
+enum VendorState {
+    OpenAi(crate::llm_openai::Accumulator),
+    Gemini(crate::llm_gemini::Accumulator),
+    Anthropic(crate::llm_anthropic::Accumulator),
+}
+
+impl LlmStream {
+    pub fn openai() -> Self {
+        Self::new(crate::registry::OPENAI.name, VendorState::OpenAi(Default::default()))
+    }
+
+    /// The Gemini API's stream (Vertex AI's is the same).
+    pub fn gemini() -> Self {
+        let provider = crate::registry::GOOGLE.name;
+        Self::new(provider, VendorState::Gemini(crate::llm_gemini::Accumulator::new(provider)))
+    }
+
+    pub fn anthropic() -> Self {
+        Self::new(crate::registry::ANTHROPIC.name, VendorState::Anthropic(Default::default()))
+    }
+
+    fn new(provider: &'static str, state: VendorState) -> Self {
+        Self { parser: SseParser::new(provider), state, finished: false }
+    }
+
     /// Tokens completed by this piece of the body. An error ends the stream.
     pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<LlmEvent>, ProviderError> {
+        if self.finished {
+            return Ok(Vec::new());
+        }
         let payloads = self.parser.feed(bytes)?;
         self.on_payloads(payloads)
     }
 
-    /// The body ended: the last tokens, then the closing events when the answer is complete.
-    pub fn finish(mut self) -> Result<Vec<LlmEvent>, ProviderError> {
-        let mut events = match self.parser.finish() {
-            Some(data) => self.on_payloads(vec![data])?,
-            None => Vec::new(),
-        };
-        events.extend(self.acc.into_events());
+    /// The body ended: the last tokens, then the closing events (with a cache report when
+    /// `cache_hint`, for the vendors whose cache is a prefix hint), or why the answer is
+    /// incomplete.
+    pub fn finish(mut self, cache_hint: bool) -> Result<Vec<LlmEvent>, ProviderError> {
+        let mut events = Vec::new();
+        if !self.finished {
+            if let Some(data) = self.parser.finish() {
+                events = self.on_payloads(vec![data])?;
+            }
+        }
+        events.extend(match self.state {
+            VendorState::OpenAi(acc) => acc.conclude(cache_hint)?,
+            VendorState::Gemini(acc) => acc.conclude(self.parser.stray())?.into_events(None),
+            VendorState::Anthropic(acc) => acc.conclude(cache_hint)?,
+        });
         Ok(events)
     }
 
     fn on_payloads(&mut self, payloads: Vec<String>) -> Result<Vec<LlmEvent>, ProviderError> {
+        let state: &mut dyn StreamState = match &mut self.state {
+            VendorState::OpenAi(acc) => acc,
+            VendorState::Gemini(acc) => acc,
+            VendorState::Anthropic(acc) => acc,
+        };
         let mut events = Vec::new();
         for data in payloads {
-            if let Some(token) = self.acc.on_data(&data)? {
+            if let Some(token) = state.on_data(&data)? {
                 events.push(LlmEvent::Token(token));
+            }
+            if state.finished() {
+                self.finished = true;
+                break;
             }
         }
         Ok(events)
     }
+}
+
+/// A Google API error body (Gemini, Vertex, their caches): the detail the clients report.
+pub fn google_error_detail(body: &str) -> Option<String> {
+    crate::llm_gemini::parse_google_error(body).map(|e| e.detail())
+}
+
+/// An Anthropic non-2xx body: the detail the client reports.
+pub fn anthropic_error_detail(body: &str) -> String {
+    crate::llm_anthropic::error_body_detail(body.to_string())
+}
+
+/// A Google token endpoint's answer (`status`, `body`): the access token and its lifetime.
+pub fn google_token_answer(status: u16, body: &str) -> Result<(String, std::time::Duration), GoogleTokenFailure> {
+    crate::google_auth::read_token_answer(status, body)
+}
+
+/// The longest token lifetime the client believes.
+pub const GOOGLE_MAX_TOKEN_LIFETIME: std::time::Duration = crate::google_auth::MAX_TOKEN_LIFETIME;
+
+/// A `cachedContents` create call's answer (`status`, `body`) on the Gemini API, or on Vertex AI
+/// when `vertex`: the new cache's name, checked as the client checks it.
+pub fn gemini_created_cache(status: u16, body: &str, vertex: bool) -> Result<String, GoogleCacheError> {
+    let flavour = if vertex { crate::llm_gemini::Flavour::Vertex } else { crate::llm_gemini::Flavour::Api };
+    crate::llm_gemini::created_cache_name(&crate::llm_gemini::read_cache_answer(status, body)?, flavour)
+}
+
+/// The URL the client extends the cache `name` at, under the API root `resource_root`.
+pub fn gemini_cache_url(resource_root: &url::Url, name: &str) -> url::Url {
+    crate::llm_gemini::cache_url(resource_root, name)
 }
 
 pub use crate::stt_session::Parsed as SttParsed;

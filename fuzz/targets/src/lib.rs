@@ -11,6 +11,7 @@ pub mod records;
 pub mod seeds;
 
 mod core;
+mod knowledge;
 mod providers;
 mod transports;
 
@@ -37,6 +38,10 @@ pub const TARGETS: &[Target] = &[
     Target { name: "stt_soniox", run: providers::soniox },
     Target { name: "stt_sarvam", run: providers::sarvam_stt },
     Target { name: "llm_openai_sse", run: providers::openai_sse },
+    Target { name: "llm_gemini_sse", run: providers::gemini_sse },
+    Target { name: "llm_anthropic_sse", run: providers::anthropic_sse },
+    Target { name: "google_token", run: providers::google_token },
+    Target { name: "gemini_cache", run: providers::gemini_cache },
     Target { name: "tts_cartesia", run: providers::cartesia },
     Target { name: "tts_elevenlabs", run: providers::elevenlabs },
     Target { name: "tts_sarvam", run: providers::sarvam_tts },
@@ -48,6 +53,7 @@ pub const TARGETS: &[Target] = &[
     Target { name: "livekit_widget", run: core::livekit_widget },
     Target { name: "outbox_entry", run: core::outbox_entry },
     Target { name: "recording_range", run: core::recording_range },
+    Target { name: "knowledge_search", run: knowledge::search_response },
 ];
 
 /// The target called `name`.

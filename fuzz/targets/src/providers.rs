@@ -44,22 +44,93 @@ pub fn flux(data: &[u8]) {
     }
 }
 
-/// OpenAI-compatible SSE: each `T` record is one piece of the response body as the network
-/// split it (any bytes), then the body ends.
-pub fn openai_sse(data: &[u8]) {
-    let mut stream = parsers::OpenAiStream::default();
+/// A streaming LLM response body: each `T` record is one piece of the body as the network split
+/// it (any bytes), then the body ends; an `E` record is a non-2xx answer's body instead (its
+/// detail is read by `error_body`). Returns the closing events of a finished answer.
+fn llm_sse(mut stream: parsers::LlmStream, error_body: fn(&str), data: &[u8]) -> Option<Vec<LlmEvent>> {
     for (kind, body) in records(data) {
-        if kind != b'T' {
-            continue;
-        }
-        match stream.feed(body) {
-            Ok(events) => assert!(events.iter().all(|e| matches!(e, LlmEvent::Token(t) if !t.is_empty()))),
-            Err(_) => return,
+        match kind {
+            b'T' => match stream.feed(body) {
+                Ok(events) => assert!(events.iter().all(|e| matches!(e, LlmEvent::Token(t) if !t.is_empty()))),
+                Err(_) => return None,
+            },
+            b'E' => {
+                error_body(&String::from_utf8_lossy(body));
+                return None;
+            }
+            _ => {}
         }
     }
-    if let Ok(events) = stream.finish() {
-        assert!(matches!(events.last(), Some(LlmEvent::Done { .. })), "a finished stream ends with Done");
+    let events = stream.finish(true).ok()?;
+    assert!(matches!(events.last(), Some(LlmEvent::Done { .. })), "a finished stream ends with Done");
+    Some(events)
+}
+
+pub fn openai_sse(data: &[u8]) {
+    llm_sse(parsers::LlmStream::openai(), |_| {}, data);
+}
+
+/// Gemini (and Vertex AI): function calls come whole, so every call surfaced has a name and a
+/// JSON object for arguments.
+pub fn gemini_sse(data: &[u8]) {
+    let error_body = |body: &str| {
+        let _ = parsers::google_error_detail(body);
+    };
+    for event in llm_sse(parsers::LlmStream::gemini(), error_body, data).unwrap_or_default() {
+        if let LlmEvent::ToolCalls(calls) = event {
+            for call in calls {
+                assert!(!call.name.is_empty() && !call.id.is_empty(), "call {call:?}");
+                let args: serde_json::Value = serde_json::from_str(&call.arguments).expect("arguments are JSON");
+                assert!(args.is_object(), "arguments {args}");
+            }
+        }
     }
+}
+
+pub fn anthropic_sse(data: &[u8]) {
+    let error_body = |body: &str| {
+        let _ = parsers::anthropic_error_detail(body);
+    };
+    llm_sse(parsers::LlmStream::anthropic(), error_body, data);
+}
+
+/// A status for the first input byte: the answers a Google endpoint gives.
+fn google_status(byte: u8) -> u16 {
+    const STATUSES: [u16; 10] = [200, 201, 400, 401, 403, 404, 408, 429, 500, 503];
+    STATUSES[usize::from(byte) % STATUSES.len()]
+}
+
+/// Google's token endpoint: a status byte, then the answer's body. A token has a lifetime the
+/// client can add to its clock.
+pub fn google_token(data: &[u8]) {
+    let Some((status, body)) = data.split_first() else { return };
+    if let Ok((token, lifetime)) = parsers::google_token_answer(google_status(*status), &String::from_utf8_lossy(body))
+    {
+        assert!(!token.is_empty());
+        assert!(lifetime <= parsers::GOOGLE_MAX_TOKEN_LIFETIME, "lifetime {lifetime:?}");
+        assert!(std::time::Instant::now().checked_add(lifetime).is_some());
+    }
+}
+
+/// A `cachedContents` create answer: a status byte, a flavour byte (even: the Gemini API, odd:
+/// Vertex AI), then the body. A cache name the client accepts stays inside the API root's
+/// `cachedContents` once it is a URL (it goes into the path of the extend calls).
+pub fn gemini_cache(data: &[u8]) {
+    let [status, flavour, body @ ..] = data else { return };
+    let vertex = flavour % 2 == 1;
+    let Ok(name) = parsers::gemini_created_cache(google_status(*status), &String::from_utf8_lossy(body), vertex) else {
+        return;
+    };
+    let root = url::Url::parse(if vertex {
+        "https://us-central1-aiplatform.googleapis.com/v1"
+    } else {
+        "https://generativelanguage.googleapis.com/v1beta"
+    })
+    .expect("a root URL");
+    let url = parsers::gemini_cache_url(&root, &name);
+    assert_eq!(url.host_str(), root.host_str());
+    assert_eq!(url.path(), format!("{}/{name}", root.path()), "cache {name:?}");
+    assert!(name.split('/').any(|s| s == "cachedContents"));
 }
 
 /// Cartesia: records `o` (the session speaks into the context named by the body), `c` (it cancels
