@@ -463,8 +463,9 @@ fn not_found() -> Response {
     (StatusCode::NOT_FOUND, "recording not found").into_response()
 }
 
+#[doc(hidden)]
 #[derive(Debug, PartialEq, Eq)]
-enum RangeSpec {
+pub enum RangeSpec {
     /// Absent, malformed, another unit or several ranges: serve the whole file (RFC 9110 §14.2).
     Ignore,
     Unsatisfiable,
@@ -472,7 +473,9 @@ enum RangeSpec {
     Range(u64, u64),
 }
 
-fn parse_range(v: &str, size: u64) -> RangeSpec {
+/// A `Range` header against a file of `size` bytes. Public for the fuzz targets; not a stable API.
+#[doc(hidden)]
+pub fn parse_range(v: &str, size: u64) -> RangeSpec {
     let Some(spec) = v.trim().strip_prefix("bytes=") else { return RangeSpec::Ignore };
     if spec.contains(',') {
         return RangeSpec::Ignore;
