@@ -20,7 +20,7 @@ Per call, like cxb-core:
 - barge-in after ``min_words_interruption`` words while the bot speaks (Pipecat's
   ``MinWordsUserTurnStartStrategy``);
 - ``end_call(final_message)`` is a function the LLM can call: the bot says the message and ends
-  the pipeline, which closes the socket (Exotel's hang-up).
+  the pipeline, which closes the socket (Exotel's hang-up); so does ``max_call_duration_seconds``.
 
 Not done here, and done by cxb-core in the same runs: call recording, the results post,
 post-call work. See bench/README.md.
@@ -234,13 +234,11 @@ async def run_call(websocket: WebSocket, call: Any, cfg: dict, rate: int):
             assistant_aggregator,
         ]
     )
-    max_secs = cfg.get("max_call_duration_seconds")
     worker = PipelineWorker(
         pipeline,
         params=PipelineParams(audio_in_sample_rate=rate, audio_out_sample_rate=rate),
         # No RTVI client on a phone line.
         enable_rtvi=False,
-        idle_timeout_secs=float(max_secs) if isinstance(max_secs, (int, float)) and max_secs > 0 else 300.0,
     )
     runner = WorkerRunner(handle_sigint=False)
     await runner.add_workers(worker)
@@ -255,7 +253,19 @@ async def run_call(websocket: WebSocket, call: Any, cfg: dict, rate: int):
     async def on_client_disconnected(_transport, _client):
         await runner.cancel()
 
-    await runner.run()
+    max_secs = cfg.get("max_call_duration_seconds")
+    max_secs = float(max_secs) if isinstance(max_secs, (int, float)) and max_secs > 0 else 600.0
+
+    async def hang_up_at_max_duration():
+        await asyncio.sleep(max_secs)
+        # Cancel, not end: an EndFrame would wait for the reply being spoken to finish.
+        await worker.cancel(reason="max_call_duration")
+
+    timer = asyncio.create_task(hang_up_at_max_duration())
+    try:
+        await runner.run()
+    finally:
+        timer.cancel()
 
 
 def create_app() -> FastAPI:
