@@ -31,6 +31,7 @@ def row(a: argparse.Namespace) -> dict:
     completed, failed = int(s.get("completed", 0)), int(s.get("failed", 0))
     call_minutes = float(s.get("call_seconds_total", 0.0)) / 60.0
     lat = s.get("latency_minus_injected_ms") or {}
+    opening = s.get("opening_minus_tts_ttfb_ms") or {}
     others = max(0.0, a.busy / a.hz - cpu - float(s.get("dialler_cpu_secs", 0.0)))
     out.update(
         completed=completed,
@@ -46,6 +47,9 @@ def row(a: argparse.Namespace) -> dict:
         latency_p50=lat.get("p50"),
         latency_p95=lat.get("p95"),
         latency_p99=lat.get("p99"),
+        # Handshake sent -> first audible greeting frame, minus the injected TTS time to first byte.
+        opening_p50=opening.get("p50") if opening.get("count") else None,
+        opening_p99=opening.get("p99") if opening.get("count") else None,
         protocol_violations=int(s.get("protocol_violations", 0)),
         violation_kinds=s.get("protocol_violation_kinds") or {},
         barge_in_stops=f"{s.get('media_stops', 0)}/{s.get('barge_in_says', 0)}",
@@ -68,22 +72,25 @@ def table(path: str) -> None:
     core_cpu = {r["calls"]: r.get("cpu_per_call") for r in rows if r["stack"] == CORE}
     print(
         "| stack | calls | completed | failed | CPU-s per call | CPU-s per call-minute | RSS per call (MB) "
-        "| latency minus injected p50 / p95 / p99 (ms) | CPU ratio to cxb-core | protocol violations "
-        "| other load (cores) |"
+        "| latency minus injected p50 / p95 / p99 (ms) | greeting minus TTS TTFB p50 / p99 (ms) "
+        "| CPU ratio to cxb-core | protocol violations | other load (cores) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "skipped" in r or "error" in r:
             why = r.get("skipped") or r.get("error")
-            print(f"| {r['stack']} | {r['calls']} | {why} | | | | | | | | |")
+            print(f"| {r['stack']} | {r['calls']} | {why} | | | | | | | | | |")
             continue
         base = core_cpu.get(r["calls"])
         mine = r.get("cpu_per_call")
         ratio = f"{mine / base:.1f}×" if mine and base else "n/a"
-        lat = " / ".join(fmt(r.get(k), ".0f") for k in ("latency_p50", "latency_p95", "latency_p99"))
+        lat = "n/a"
+        if r.get("latency_count"):
+            lat = " / ".join(fmt(r.get(k), ".0f") for k in ("latency_p50", "latency_p95", "latency_p99"))
+        opening = " / ".join(fmt(r.get(k), ".0f") for k in ("opening_p50", "opening_p99"))
         print(
             f"| {r['stack']} | {r['calls']} | {r['completed']} | {r['failed']} | {fmt(mine, '.3f')} "
-            f"| {fmt(r.get('cpu_per_call_minute'), '.3f')} | {r['rss_per_call_mb']:.2f} | {lat} | {ratio} "
+            f"| {fmt(r.get('cpu_per_call_minute'), '.3f')} | {r['rss_per_call_mb']:.2f} | {lat} | {opening} | {ratio} "
             f"| {r['protocol_violations']} | {r['other_load_cores']:.2f} |"
         )
     for r in rows:
