@@ -38,7 +38,6 @@
 set -euo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/.."
-ROOT=$(pwd)
 VENV=bench/pipecat/.venv
 REQS=bench/pipecat/requirements.txt
 
@@ -91,7 +90,9 @@ ulimit -n 65536 2>/dev/null || true
 DATA=$(mktemp -d)
 SERVER_PID=
 cleanup() {
-  for p in "${SERVER_PID:-}" "${SIM_PID:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  for p in "${SERVER_PID:-}" "${SIM_PID:-}"; do
+    if [ -n "$p" ]; then kill "$p" 2>/dev/null || true; fi
+  done
   rm -rf "$DATA"
 }
 trap cleanup EXIT

@@ -73,7 +73,8 @@ from pipecat.workers.runner import WorkerRunner
 EXOTEL_MIN_CHUNK_BYTES = 3200
 CONFIG_TIMEOUT_SECS = 5.0
 CONFIG_MAX_BYTES = 1 << 20
-SUPPORTED_RATES = (8000, 16000, 24000)
+# Silero runs at 8 or 16 kHz, and the pipeline runs at the call's rate.
+SUPPORTED_RATES = (8000, 16000)
 
 END_CALL = FunctionSchema(
     name="end_call",
@@ -115,11 +116,13 @@ async def fetch_config(http: aiohttp.ClientSession, bot_id: str, call: Any) -> d
         async with http.get(f"{base}/{bot_id}", params=query, headers=headers) as resp:
             if resp.status != 200:
                 raise ConfigError(f"config fetch for {bot_id!r} answered HTTP {resp.status}")
-            body = await resp.content.read(CONFIG_MAX_BYTES + 1)
+            body = bytearray()
+            async for chunk in resp.content.iter_chunked(64 * 1024):
+                body += chunk
+                if len(body) > CONFIG_MAX_BYTES:
+                    raise ConfigError("config larger than 1 MiB")
     except (aiohttp.ClientError, asyncio.TimeoutError) as e:
         raise ConfigError(f"config fetch for {bot_id!r} failed: {e!r}") from e
-    if len(body) > CONFIG_MAX_BYTES:
-        raise ConfigError("config larger than 1 MiB")
     try:
         cfg = json.loads(body)
     except ValueError as e:
