@@ -432,6 +432,17 @@ impl RawCall {
     }
 }
 
+/// The scripted LLM ends the call with a bare `end_call` (no `final_message`, no text), as most
+/// models do: the caller must still hear a goodbye — the model's answer to the tool result —
+/// before the hang-up.
+pub fn assert_goodbye_heard(summary: &Value, result: &Value) {
+    assert_eq!(summary["silent_bot_hangups"], 0, "a hang-up without a goodbye: {summary:#}");
+    assert_eq!(summary["goodbye_ms"]["count"], summary["bot_hangups"], "{summary:#}");
+    let goodbye = result["events"].as_array().unwrap().iter().find(|e| e["type"] == "end_call_goodbye").cloned();
+    let goodbye = goodbye.unwrap_or_else(|| panic!("an end_call_goodbye event: {result:#}"));
+    assert_eq!(goodbye["data"]["source"], "llm_follow_up", "{goodbye:#}");
+}
+
 /// Validate a result payload against the checked-in JSON Schema (and the no-null rule).
 pub fn assert_valid_result(v: &Value) {
     static VALIDATOR: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();

@@ -41,6 +41,7 @@ async fn three_turn_call_with_barge_in_and_end_call() {
     let cut_text = cut["text"].as_str().unwrap();
     assert!(!cut_text.is_empty() && cut_text.len() < full.len() && full.starts_with(cut_text), "{cut_text}");
     assert_eq!(bot.last().unwrap()["text"], "Thank you for calling. Goodbye!");
+    assert_goodbye_heard(&summary, r);
     let kinds: Vec<&str> = r["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert!(kinds.contains(&"interruption") && kinds.contains(&"tool_call"), "{kinds:?}");
     assert_eq!(r["latency_samples"].as_array().unwrap().len(), 3);

@@ -92,6 +92,7 @@ fn assert_three_turn_call(summary: &Value, r: &Value, transport: &str) {
     assert_eq!(bot[0]["text"], "Hello! This is the CXB demo line. How can I help you today?");
     assert!(bot.iter().any(|l| l["interrupted"] == true), "the barge-in cut a bot line: {:#}", r["transcript"]);
     assert_eq!(bot.last().unwrap()["text"], "Thank you for calling. Goodbye!");
+    assert_goodbye_heard(summary, r);
     assert_eq!(r["latency_samples"].as_array().unwrap().len(), 3);
     assert!(protocol_errors(r).is_empty(), "{:?}", protocol_errors(r));
 }
@@ -109,6 +110,7 @@ async fn rest_requests(sim: &Sim) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exotel_three_turn_call_with_barge_in_and_bot_close() {
     let (sim, worker) = setup(&[]).await;
+    // cxb-sim sends Exotel's documented `start` (`encoding: "base64"`, `sample_rate: "8000"`).
     let summary = dial_proto(&worker, &sim, "exotel/demo", "exotel", "assets/sim/scenario.json", &[]).await;
     assert_eq!(summary["bot_hangups_close"], 1, "Exotel's bot hang-up is a socket close: {summary:#}");
     let r = one_result(&sim).await;
@@ -120,6 +122,23 @@ async fn exotel_three_turn_call_with_barge_in_and_bot_close() {
     let cfg = sim.get("/sim/config-requests").await;
     assert!(cfg.to_string().contains("customer_name"), "{cfg:#}");
     assert!(rest_requests(&sim).await.is_empty(), "no REST calls for Exotel");
+    assert!(worker.wait_idle(Duration::from_secs(5)).await);
+}
+
+/// Issue #14: Exotel's integrations label the stream `encoding: "base64"`, send `sample_rate` as a
+/// number and `sequence_number`/`chunk` as numbers. Such a call runs to its end like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exotel_call_with_a_base64_label_and_numeric_rate_and_sequence_numbers() {
+    let (sim, worker) = setup(&[]).await;
+    let media_format = r#"{"encoding":"base64","sample_rate":8000,"bit_rate":"128kbps"}"#;
+    let extra = ["--encoding", media_format];
+    let summary = dial_proto(&worker, &sim, "exotel/demo", "exotel", "assets/sim/scenario.json", &extra).await;
+    assert_eq!(summary["bot_hangups_close"], 1, "{summary:#}\n{}", worker.log_text());
+    let r = one_result(&sim).await;
+    assert_three_turn_call(&summary, &r, "exotel");
+    // The label reached the config fetch and the result as Exotel sent it.
+    assert_eq!(r["connected_event"]["media_format"]["encoding"], "base64");
+    assert_eq!(r["connected_event"]["media_format"]["sample_rate"], 8000);
     assert!(worker.wait_idle(Duration::from_secs(5)).await);
 }
 

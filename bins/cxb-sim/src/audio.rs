@@ -152,6 +152,27 @@ impl UtteranceDetector {
     }
 }
 
+/// LINEAR16 bytes appended to `out` as samples. Clients may split a sample between two
+/// messages: the odd trailing byte waits in `odd` for the next call.
+pub fn decode_pcm16(odd: &mut Option<u8>, bytes: &[u8], out: &mut Vec<i16>) {
+    let mut rest = bytes;
+    if let Some(lo) = odd.take() {
+        let Some((&hi, tail)) = rest.split_first() else {
+            *odd = Some(lo);
+            return;
+        };
+        out.push(i16::from_le_bytes([lo, hi]));
+        rest = tail;
+    }
+    let mut pairs = rest.chunks_exact(2);
+    // `extend` over an exact-size iterator reserves once and converts without a capacity check
+    // per sample (the STT doubles run this on every sample of every call).
+    out.extend(pairs.by_ref().map(|c| i16::from_le_bytes([c[0], c[1]])));
+    if let [b] = pairs.remainder() {
+        *odd = Some(*b);
+    }
+}
+
 /// Words an interim result carries after `speech_ms` of speech: 1 + speech_ms/250.
 pub fn interim_word_count(speech_ms: u64, total_words: usize) -> usize {
     ((1 + speech_ms / INTERIM_EVERY_MS) as usize).min(total_words)

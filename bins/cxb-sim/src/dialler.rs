@@ -294,6 +294,9 @@ pub struct CallReport {
     pub opening_ms: Option<f64>,
     /// Connect to end of this call.
     pub call_secs: f64,
+    /// Audible bot audio (ms) after the caller's last speech and before the bot hung up: the
+    /// goodbye the caller heard (`None`: the bot did not hang up).
+    pub goodbye_ms: Option<f64>,
 }
 
 impl CallReport {
@@ -601,6 +604,8 @@ struct Call<'a> {
     barge_in_open: Option<Instant>,
     /// When the handshake finished, until the greeting's first audible frame arrives.
     answered_at: Option<Instant>,
+    /// Audible bot audio since the caller's last speech ended (the goodbye, at a hang-up).
+    audible_since_speech_ms: f64,
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -626,6 +631,7 @@ impl<'a> Call<'a> {
             pending_latency: None,
             barge_in_open: None,
             answered_at: None,
+            audible_since_speech_ms: 0.0,
         }
     }
 
@@ -729,6 +735,7 @@ impl<'a> Call<'a> {
         if speech_end_now {
             let injected = self.sh.settings.as_ref().map_or(0.0, |s| s.injected_ms(turn));
             self.pending_latency = Some((due, injected));
+            self.audible_since_speech_ms = 0.0;
         }
         if let Some(Step::Say { wav, .. }) = self.sh.steps.get(self.step) {
             if self.say_pos >= wav.frames.len() {
@@ -742,6 +749,7 @@ impl<'a> Call<'a> {
             BotEvent::Media { audible, dur } => {
                 let new_utt = self.bot.on_media(now, audible, dur);
                 if audible {
+                    self.audible_since_speech_ms += dur.as_secs_f64() * 1000.0;
                     if let Some(answered) = self.answered_at.take() {
                         self.rep.opening_ms = Some(now.duration_since(answered).as_secs_f64() * 1000.0);
                     }
@@ -764,6 +772,7 @@ impl<'a> Call<'a> {
             BotEvent::Hangup => {
                 self.bot.hangup = true;
                 self.rep.bot_hangups += 1;
+                self.rep.goodbye_ms = Some(self.audible_since_speech_ms);
             }
             BotEvent::Transfer => self.rep.transfers += 1,
             BotEvent::Ignored => {}
@@ -881,8 +890,13 @@ fn closed_by_bot(call: &mut Call<'_>) -> bool {
     call.bot.hangup = true;
     call.rep.bot_hangups += 1;
     call.rep.close_hangups += 1;
+    call.rep.goodbye_ms = Some(call.audible_since_speech_ms);
     true
 }
+
+/// Less audible bot audio than this between the caller's last words and the bot's hang-up is
+/// a hang-up in silence (no goodbye heard).
+const MIN_GOODBYE_MS: f64 = 300.0;
 
 /// The furthest the frame clock may fall behind before it restarts instead of catching up (the
 /// catch-up would be a burst of this much audio).
@@ -1169,7 +1183,7 @@ pub fn summarize(
     let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
     let mut examples = Vec::new();
     let (mut lat, mut lat_minus, mut injected, mut stop_ms, mut drift) = (vec![], vec![], vec![], vec![], vec![]);
-    let (mut opening, mut opening_minus) = (vec![], vec![]);
+    let (mut opening, mut opening_minus, mut goodbye) = (vec![], vec![], vec![]);
     let tts_ttfb = settings.map_or(0.0, |s| s.tts_ttfb_ms as f64);
     let mut totals = [0u64; 8];
     let mut send_lag = MsHistogram::default();
@@ -1193,6 +1207,7 @@ pub fn summarize(
             lat_minus.push(l - inj);
         }
         stop_ms.extend_from_slice(&r.barge_in_stop_ms);
+        goodbye.extend(r.goodbye_ms);
         if let Some(o) = r.opening_ms {
             opening.push(o);
             opening_minus.push(o - tts_ttfb);
@@ -1257,6 +1272,8 @@ pub fn summarize(
         "media_stops_total": totals[4],
         "barge_in_stop_ms": Dist::from(&stop_ms),
         "bot_hangups": totals[5],
+        "goodbye_ms": Dist::from(&goodbye),
+        "silent_bot_hangups": goodbye.iter().filter(|ms| **ms < MIN_GOODBYE_MS).count(),
         "transfers": totals[6],
         "marks_sent": marks_sent,
         "marks_echoed": marks_echoed,

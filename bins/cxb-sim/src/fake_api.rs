@@ -245,10 +245,29 @@ pub fn bot_config(state: &SimState, bot_id: &str) -> Value {
     if bot_id != "no-telephony" {
         cfg["telephony"] = crate::telephony_fakes::config_block(&addr);
     }
+    if let Some(speech) = speech_bot(bot_id) {
+        merge(&mut cfg, &speech);
+    }
     if let Some(overrides) = state.script.bots.get(bot_id) {
         merge(&mut cfg, &Value::Object(overrides.clone()));
     }
     cfg
+}
+
+/// The original's Indian-language provider set, served on the same doubles: `demo-hindi`
+/// (Soniox STT, Sarvam TTS), `demo-sarvam` (Sarvam STT and TTS), `demo-aura` (Deepgram Aura TTS).
+fn speech_bot(bot_id: &str) -> Option<Value> {
+    let soniox = json!({"provider": "soniox", "model": "stt-rt-v4", "language": "hi",
+        "extra": {"language_hints": ["hi", "en"]}});
+    let sarvam_stt = json!({"provider": "sarvam", "model": "saaras:v3", "language": "hi-IN", "extra": {}});
+    let sarvam_tts = json!({"provider": "sarvam", "model": "bulbul:v2", "voice_id": "anushka", "language": "hi-IN"});
+    let aura = json!({"provider": "deepgram", "model": "aura-2-thalia-en"});
+    match bot_id {
+        "demo-hindi" => Some(json!({"stt": soniox, "tts": sarvam_tts})),
+        "demo-sarvam" => Some(json!({"stt": sarvam_stt, "tts": sarvam_tts})),
+        "demo-aura" => Some(json!({"tts": aura})),
+        _ => None,
+    }
 }
 
 /// Deep merge: objects merge key by key, anything else replaces.
@@ -498,6 +517,7 @@ async fn control(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
         ("llm_ttft_ms", &l.llm_ttft_ms),
         ("llm_token_interval_ms", &l.llm_token_interval_ms),
         ("tts_ttfb_ms", &l.tts_ttfb_ms),
+        ("tts_connect_ms", &l.tts_connect_ms),
     ] {
         if let Some(x) = v.get(key) {
             match x.as_u64() {

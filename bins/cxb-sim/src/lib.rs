@@ -1,5 +1,5 @@
-//! cxb-sim: provider doubles (Deepgram live STT, OpenAI chat completions SSE, Cartesia and
-//! ElevenLabs TTS WebSockets), a fake CXB API (config endpoint + results receiver) and a
+//! cxb-sim: provider doubles (Deepgram live STT, Soniox and Sarvam STT, OpenAI chat completions
+//! SSE, Cartesia, ElevenLabs, Sarvam and Deepgram Aura TTS WebSockets), a fake CXB API (config endpoint + results receiver) and a
 //! load-generating dialler, for testing and benchmarking cxb-core.
 //!
 //! The doubles are written from the wire-protocol spec (shared/spec/wire-protocols.md), not from
@@ -8,15 +8,22 @@
 pub mod audio;
 pub mod dialler;
 pub mod fake_api;
+pub mod llm_anthropic;
+pub mod llm_gemini;
 pub mod llm_openai;
+pub mod oauth_token;
 pub mod protocols;
 pub mod script;
 pub mod stats;
 pub mod stt_deepgram;
 pub mod stt_flux;
+pub mod stt_sarvam;
+pub mod stt_soniox;
 pub mod telephony_fakes;
+pub mod tts_aura;
 pub mod tts_cartesia;
 pub mod tts_elevenlabs;
+pub mod tts_sarvam;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -39,6 +46,9 @@ pub struct Latencies {
     pub llm_ttft_ms: AtomicU64,
     pub llm_token_interval_ms: AtomicU64,
     pub tts_ttfb_ms: AtomicU64,
+    /// Extra time the Sarvam and Aura TTS doubles take to answer a WebSocket upgrade (a stand-in
+    /// for TLS and the vendor's handshake).
+    pub tts_connect_ms: AtomicU64,
 }
 
 impl Latencies {
@@ -60,6 +70,7 @@ pub struct ServeOptions {
     pub llm_ttft_ms: u64,
     pub llm_token_interval_ms: u64,
     pub tts_ttfb_ms: u64,
+    pub tts_connect_ms: u64,
     pub script: Script,
     pub results_file: Option<PathBuf>,
     /// Host to put in the URLs the fake API serves (provider base URLs, the webhook), for a
@@ -83,6 +94,7 @@ impl Default for ServeOptions {
             llm_ttft_ms: 150,
             llm_token_interval_ms: 0,
             tts_ttfb_ms: 100,
+            tts_connect_ms: 0,
             script: Script::embedded(),
             results_file: None,
             public_host: None,
@@ -102,6 +114,13 @@ pub struct Counters {
     pub cartesia_connections: AtomicU64,
     pub cartesia_contexts: AtomicU64,
     pub elevenlabs_connections: AtomicU64,
+    pub soniox_connections: AtomicU64,
+    pub sarvam_stt_connections: AtomicU64,
+    pub sarvam_tts_connections: AtomicU64,
+    /// Sarvam TTS sockets the client closed while synthesis was unfinished (barge-in).
+    pub sarvam_tts_closed_mid_utterance: AtomicU64,
+    pub aura_connections: AtomicU64,
+    pub aura_clears: AtomicU64,
     pub config_requests: AtomicU64,
     pub results_posts: AtomicU64,
 }
@@ -160,6 +179,12 @@ pub struct SimState {
     pub next_call_id: AtomicU64,
     /// Requests seen by the telephony REST fakes.
     pub telephony: telephony_fakes::Store,
+    /// Sarvam TTS connection histories (`GET /sim/sarvam-tts`).
+    pub sarvam_tts: tts_sarvam::Log,
+    /// Gemini / Vertex caches and requests; the Google token endpoint; Anthropic prompt caches.
+    pub google: llm_gemini::Store,
+    pub oauth: oauth_token::Store,
+    pub anthropic: llm_anthropic::Store,
 }
 
 pub const LLM_REQUESTS_KEPT: usize = 200;
@@ -177,6 +202,7 @@ impl SimState {
         lat.llm_ttft_ms.store(opts.llm_ttft_ms, Ordering::Relaxed);
         lat.llm_token_interval_ms.store(opts.llm_token_interval_ms, Ordering::Relaxed);
         lat.tts_ttfb_ms.store(opts.tts_ttfb_ms, Ordering::Relaxed);
+        lat.tts_connect_ms.store(opts.tts_connect_ms, Ordering::Relaxed);
         Self {
             addr,
             public_host: opts.public_host.clone(),
@@ -195,6 +221,10 @@ impl SimState {
             timings: DoubleTimings::default(),
             next_call_id: AtomicU64::new(1),
             telephony: telephony_fakes::Store::default(),
+            sarvam_tts: tts_sarvam::Log::default(),
+            google: Default::default(),
+            oauth: Default::default(),
+            anthropic: Default::default(),
         }
     }
 
@@ -207,6 +237,7 @@ impl SimState {
             "llm_ttft_ms": Latencies::get(&l.llm_ttft_ms),
             "llm_token_interval_ms": Latencies::get(&l.llm_token_interval_ms),
             "tts_ttfb_ms": Latencies::get(&l.tts_ttfb_ms),
+            "tts_connect_ms": Latencies::get(&l.tts_connect_ms),
             "stt_idle_timeout_ms": self.stt_idle_timeout.as_millis() as u64,
             // Per scripted caller turn N: LLM chunks until the reply's first sentence is complete.
             "first_sentence_chunks": self.script.first_sentence_chunks(),
@@ -223,6 +254,13 @@ impl SimState {
             "cartesia_connections": g(&c.cartesia_connections),
             "cartesia_contexts": g(&c.cartesia_contexts),
             "elevenlabs_connections": g(&c.elevenlabs_connections),
+            "soniox_connections": g(&c.soniox_connections),
+            "sarvam_stt_connections": g(&c.sarvam_stt_connections),
+            "sarvam_tts_connections": g(&c.sarvam_tts_connections),
+            "sarvam_tts_closed_mid_utterance": g(&c.sarvam_tts_closed_mid_utterance),
+            "sarvam_tts_spares_waiting": self.sarvam_tts.spares_waiting(),
+            "aura_connections": g(&c.aura_connections),
+            "aura_clears": g(&c.aura_clears),
             "config_requests": g(&c.config_requests),
             "results_posts": g(&c.results_posts),
         })
@@ -248,8 +286,16 @@ pub fn router(state: Arc<SimState>) -> Router {
         .route("/v1/chat/completions", post(llm_openai::handler))
         .route("/tts/websocket", get(tts_cartesia::handler))
         .route("/v1/text-to-speech/{voice_id}/stream-input", get(tts_elevenlabs::handler))
+        .route("/transcribe-websocket", get(stt_soniox::handler))
+        .route("/speech-to-text/ws", get(stt_sarvam::handler))
+        .route("/text-to-speech/ws", get(tts_sarvam::handler))
+        .route("/sim/sarvam-tts", get(tts_sarvam::log_handler))
+        .route("/v1/speak", get(tts_aura::handler))
         .merge(fake_api::routes())
         .merge(telephony_fakes::routes())
+        .merge(llm_gemini::routes())
+        .merge(oauth_token::routes())
+        .merge(llm_anthropic::routes())
         .with_state(state)
 }
 

@@ -66,7 +66,7 @@ pub fn choose_reply(script: &crate::Script, messages: &[Value]) -> Reply {
     let Some(last) = messages.last() else { return script.default_reply.clone() };
     match last.get("role").and_then(Value::as_str) {
         Some("user") => script.reply_for_user(&content_text(last)).clone(),
-        Some("tool") => script.reply_after_tool(tool_name(messages, last)),
+        Some("tool") => script.reply_after_tool(tool_name(messages, last), &content_text(last)),
         _ => script.default_reply.clone(),
     }
 }
@@ -168,6 +168,53 @@ fn sse(v: &Value) -> Bytes {
     Bytes::from(format!("data: {v}\n\n"))
 }
 
+/// Keeps a request body for `GET /sim/llm-requests` (the last [`LLM_REQUESTS_KEPT`]), whatever
+/// the vendor.
+pub fn keep_request(state: &SimState, body: &Value) {
+    let mut kept = state.llm_requests.lock().unwrap_or_else(|p| p.into_inner());
+    if kept.len() >= LLM_REQUESTS_KEPT {
+        kept.pop_front();
+    }
+    kept.push_back(body.clone());
+}
+
+/// Streams `chunks` as an SSE body: the first after the injected time to first token, the others
+/// `llm_token_interval_ms` apart; the applied TTFT goes to `/sim/timings`. Shared by the LLM doubles.
+pub fn paced_sse(state: Arc<SimState>, received: tokio::time::Instant, chunks: Vec<Bytes>) -> Response {
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let ttft = Latencies::dur(&state.lat.llm_ttft_ms);
+    let interval = Latencies::dur(&state.lat.llm_token_interval_ms);
+    tokio::spawn(async move {
+        tokio::time::sleep(ttft).await;
+        for (i, c) in chunks.into_iter().enumerate() {
+            if i > 0 && !interval.is_zero() {
+                tokio::time::sleep(interval).await;
+            }
+            if tx.send(c).await.is_err() {
+                tracing::debug!("llm: client went away mid-stream");
+                return;
+            }
+            if i == 0 {
+                DoubleTimings::record(&state.timings.llm_ttft, received);
+            }
+        }
+    });
+    sse_response(rx)
+}
+
+/// Headers out, then no body byte: held until the client goes away or `llm_stall_max`.
+pub fn stalled_sse(state: &SimState) -> Response {
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    let hold = state.llm_stall_max;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(hold) => {}
+            _ = tx.closed() => {}
+        }
+    });
+    sse_response(rx)
+}
+
 fn sse_response(rx: mpsc::Receiver<Bytes>) -> Response {
     let stream =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx)) });
@@ -208,13 +255,7 @@ pub async fn handler(State(state): State<Arc<SimState>>, headers: HeaderMap, bod
             )
         }
     };
-    {
-        let mut kept = state.llm_requests.lock().unwrap_or_else(|p| p.into_inner());
-        if kept.len() >= LLM_REQUESTS_KEPT {
-            kept.pop_front();
-        }
-        kept.push_back(req.clone());
-    }
+    keep_request(&state, &req);
     let model = req.get("model").and_then(Value::as_str).unwrap_or("").to_string();
     if model.is_empty() {
         return openai_error(
@@ -253,20 +294,9 @@ pub async fn handler(State(state): State<Arc<SimState>>, headers: HeaderMap, bod
     }
     let include_usage =
         req.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
-    let (tx, rx) = mpsc::channel::<Bytes>(16);
-    let ttft = Latencies::dur(&state.lat.llm_ttft_ms);
-    let interval = Latencies::dur(&state.lat.llm_token_interval_ms);
 
     if model == "stall" {
-        let hold = state.llm_stall_max;
-        tokio::spawn(async move {
-            // Headers are out; the body never starts. Closed when the client goes away or after `hold`.
-            tokio::select! {
-                _ = tokio::time::sleep(hold) => {}
-                _ = tx.closed() => {}
-            }
-        });
-        return sse_response(rx);
+        return stalled_sse(&state);
     }
 
     let reply = choose_reply(&state.script, &messages);
@@ -279,13 +309,8 @@ pub async fn handler(State(state): State<Arc<SimState>>, headers: HeaderMap, bod
     if model == "midstream-error" {
         let first = split_words(&reply.text).first().map(|s| s.to_string()).unwrap_or_else(|| "Hello ".into());
         let c = ctx.chunk(json!({"role": "assistant", "content": first}), Value::Null);
-        tokio::spawn(async move {
-            tokio::time::sleep(ttft).await;
-            let _ = tx.send(sse(&c)).await;
-            let err = json!({"error": {"message": "boom", "type": "server_error", "code": "internal"}});
-            let _ = tx.send(sse(&err)).await;
-        });
-        return sse_response(rx);
+        let err = json!({"error": {"message": "boom", "type": "server_error", "code": "internal"}});
+        return paced_sse(state, received, vec![sse(&c), sse(&err)]);
     }
 
     let mut chunks: Vec<Bytes> = plan_chunks(&ctx, &reply, first_call_id).iter().map(sse).collect();
@@ -293,22 +318,7 @@ pub async fn handler(State(state): State<Arc<SimState>>, headers: HeaderMap, bod
         chunks.push(sse(&usage_chunk(&ctx, &messages, &reply)));
     }
     chunks.push(Bytes::from_static(b"data: [DONE]\n\n"));
-    tokio::spawn(async move {
-        tokio::time::sleep(ttft).await;
-        for (i, c) in chunks.into_iter().enumerate() {
-            if i > 0 && !interval.is_zero() {
-                tokio::time::sleep(interval).await;
-            }
-            if tx.send(c).await.is_err() {
-                tracing::debug!("llm: client went away mid-stream");
-                return;
-            }
-            if i == 0 {
-                DoubleTimings::record(&state.timings.llm_ttft, received);
-            }
-        }
-    });
-    sse_response(rx)
+    paced_sse(state, received, chunks)
 }
 
 #[cfg(test)]
@@ -338,6 +348,7 @@ mod tests {
         let reply = Reply {
             text: String::new(),
             tool_calls: vec![ToolCallSpec { name: "end_call".into(), arguments: json!({"final_message": "Bye!"}) }],
+            ..Reply::default()
         };
         let ctx = ChunkCtx { id: "chatcmpl-1", created: 1, model: "m" };
         let chunks = plan_chunks(&ctx, &reply, 7);
@@ -368,7 +379,7 @@ mod tests {
 
     #[test]
     fn text_chunks_and_usage() {
-        let reply = Reply { text: "Of course. Bye".into(), tool_calls: vec![] };
+        let reply = Reply { text: "Of course. Bye".into(), ..Reply::default() };
         let ctx = ChunkCtx { id: "c", created: 1, model: "m" };
         let chunks = plan_chunks(&ctx, &reply, 1);
         let contents: Vec<&str> = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
@@ -402,7 +413,7 @@ mod tests {
     fn a_tool_result_is_answered_by_that_tools_reply() {
         let mut s = crate::Script::embedded();
         s.after_tool_replies
-            .insert("end_call".into(), crate::script::Reply { text: "Goodbye!".into(), tool_calls: vec![] });
+            .insert("end_call".into(), crate::script::Reply { text: "Goodbye!".into(), ..Default::default() });
         let call = |id: &str, name: &str| {
             json!({"role": "assistant", "content": null, "tool_calls": [
                 {"id": id, "type": "function", "function": {"name": name, "arguments": "{}"}}]})

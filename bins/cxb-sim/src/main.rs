@@ -50,6 +50,9 @@ struct ServeArgs {
     llm_token_interval_ms: u64,
     #[arg(long, default_value_t = 100)]
     tts_ttfb_ms: u64,
+    /// Delay before the Sarvam and Aura TTS doubles answer a WebSocket upgrade (TLS stand-in).
+    #[arg(long, default_value_t = 0)]
+    tts_connect_ms: u64,
     /// Conversation script; default: the embedded copy of assets/sim/script.json.
     #[arg(long)]
     script: Option<PathBuf>,
@@ -101,7 +104,8 @@ struct DialArgs {
     /// Wire sample rate (default per protocol: 8000; Vonage 16000).
     #[arg(long)]
     sample_rate: Option<u32>,
-    /// Telnyx: PCMU | PCMA. Plivo: mulaw | l16.
+    /// Telnyx: PCMU | PCMA. Plivo: mulaw | l16. Exotel: the `media_format.encoding` label of
+    /// `start` (default base64), or a JSON object for the whole `media_format`.
     #[arg(long)]
     encoding: Option<String>,
 }
@@ -127,6 +131,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         llm_ttft_ms: a.llm_ttft_ms,
         llm_token_interval_ms: a.llm_token_interval_ms,
         tts_ttfb_ms: a.tts_ttfb_ms,
+        tts_connect_ms: a.tts_connect_ms,
         script,
         results_file: a.results_file,
         public_host: a.public_host,

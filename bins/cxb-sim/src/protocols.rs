@@ -62,11 +62,16 @@ pub struct WireFormat {
     pub protocol: Protocol,
     pub codec: Codec,
     pub rate: u32,
+    /// Exotel: the `media_format` object of `start` (it describes the stream; the URL's
+    /// `sample-rate` fixes it).
+    pub media_format: Value,
 }
 
 impl WireFormat {
     /// Protocol defaults: Exotel/dialler PCM16 8 kHz, Twilio μ-law, Telnyx PCMU, Plivo μ-law,
-    /// Vonage L16 16 kHz. `encoding`: telnyx `PCMU|PCMA`, plivo `mulaw|l16`.
+    /// Vonage L16 16 kHz. `encoding`: telnyx `PCMU|PCMA`, plivo `mulaw|l16`; exotel the
+    /// `media_format.encoding` label of `start` (default `base64`, as Exotel's integrations send
+    /// it) or, given as a JSON object, the whole `media_format` (e.g. a numeric `sample_rate`).
     pub fn new(protocol: Protocol, rate: Option<u32>, encoding: Option<&str>) -> anyhow::Result<Self> {
         let enc = encoding.map(str::to_ascii_lowercase);
         let (codec, default_rate, rates): (Codec, u32, &[u32]) = match protocol {
@@ -85,14 +90,16 @@ impl WireFormat {
             },
             Protocol::Vonage => (Codec::Pcm16, 16000, &[8000, 16000, 24000]),
         };
-        if encoding.is_some() && !matches!(protocol, Protocol::Telnyx | Protocol::Plivo) {
-            anyhow::bail!("--encoding applies to telnyx and plivo only");
+        if encoding.is_some() && !matches!(protocol, Protocol::Telnyx | Protocol::Plivo | Protocol::Exotel) {
+            anyhow::bail!("--encoding applies to exotel, telnyx and plivo only");
         }
         let rate = rate.unwrap_or(default_rate);
         if !rates.contains(&rate) {
             anyhow::bail!("{} does not stream at {rate} Hz (supported: {rates:?})", protocol.name());
         }
-        Ok(Self { protocol, codec, rate })
+        let media_format =
+            if protocol == Protocol::Exotel { exotel_media_format(encoding, rate)? } else { Value::Null };
+        Ok(Self { protocol, codec, rate, media_format })
     }
 
     pub fn bytes_per_sample(&self) -> usize {
@@ -125,6 +132,25 @@ impl WireFormat {
     pub fn duration(&self, bytes: usize) -> Duration {
         Duration::from_micros((bytes / self.bytes_per_sample()) as u64 * 1_000_000 / u64::from(self.rate))
     }
+}
+
+/// Exotel's `start.media_format` as its developer docs and public integrations show it:
+/// `{"encoding":"base64","sample_rate":"8000","bit_rate":"128kbps"}` (every value a string).
+/// `spec` replaces the encoding label, or the whole object when it is one (`{"sample_rate":8000,…}`).
+fn exotel_media_format(spec: Option<&str>, rate: u32) -> anyhow::Result<Value> {
+    let documented = json!({"encoding": "base64", "sample_rate": rate.to_string(), "bit_rate": "128kbps"});
+    Ok(match spec.map(str::trim) {
+        None => documented,
+        Some(s) if s.starts_with('{') => match serde_json::from_str::<Value>(s) {
+            Ok(v @ Value::Object(_)) => v,
+            _ => anyhow::bail!("exotel --encoding {s:?}: not a JSON object"),
+        },
+        Some(label) => {
+            let mut v = documented;
+            v["encoding"] = json!(label);
+            v
+        }
+    })
 }
 
 /// Linear interpolation by an integer factor (good enough for the energy-based STT double).
@@ -330,12 +356,14 @@ impl Session {
                 ),
                 text(json!({"event":"answer"})),
             ],
+            // Exotel's `start` as its docs and integrations show it, with the numeric
+            // `sequence_number` real streams carry.
             Protocol::Exotel => vec![
                 text(json!({"event":"connected"})),
-                text(json!({"event":"start","sequence_number":"1","stream_sid":sid,"start":{"stream_sid":sid,
+                text(json!({"event":"start","sequence_number":1,"stream_sid":sid,"start":{"stream_sid":sid,
                     "call_sid":call,"account_sid":acct,"from":caller,"to":did,
                     "custom_parameters":{"crm_id":format!("CRM-{}", &caller[5..]),"customer_name":"Test Caller"},
-                    "media_format":{"encoding":"audio/x-raw","sample_rate":self.fmt.rate.to_string(),"bit_rate":"16"}}})),
+                    "media_format":self.fmt.media_format}})),
             ],
             Protocol::Twilio => vec![
                 text(json!({"event":"connected","protocol":"Call","version":"1.0.0"})),
@@ -373,7 +401,7 @@ impl Session {
                 let (sid, p) = (&self.stream_id, &**p);
                 let s = match self.fmt.protocol {
                     Protocol::Exotel => format!(
-                        r#"{{"event":"media","sequence_number":"{seq}","stream_sid":"{sid}","media":{{"chunk":"{chunk}","timestamp":"{ts}","payload":"{p}"}}}}"#
+                        r#"{{"event":"media","sequence_number":{seq},"stream_sid":"{sid}","media":{{"chunk":{chunk},"timestamp":"{ts}","payload":"{p}"}}}}"#
                     ),
                     Protocol::Twilio => format!(
                         r#"{{"event":"media","sequenceNumber":"{seq}","streamSid":"{sid}","media":{{"track":"inbound","chunk":"{chunk}","timestamp":"{ts}","payload":"{p}"}}}}"#
@@ -659,8 +687,27 @@ mod tests {
         let Message::Text(t) = s.media(&frame) else { panic!() };
         let v: Value = serde_json::from_str(&t).unwrap();
         assert_eq!(v["stream_sid"], s.stream_id.as_str());
-        assert!(non_string(&v, "").is_none(), "{v}");
+        // Numeric `sequence_number` and `chunk`, as real Exotel streams send them.
+        assert!(v["sequence_number"].is_u64() && v["media"]["chunk"].is_u64(), "{v}");
         assert!(s.url("ws://h/exotel/demo").contains("sample-rate=8000"));
+        // Exotel's documented `start`: `encoding: "base64"`, the rate as a string, the call's ids.
+        let Message::Text(t) = &s.handshake()[1] else { panic!() };
+        let start: Value = serde_json::from_str(t).unwrap();
+        assert_eq!(
+            start["start"]["media_format"],
+            json!({"encoding":"base64","sample_rate":"8000","bit_rate":"128kbps"})
+        );
+        for k in ["stream_sid", "call_sid", "account_sid", "from", "to"] {
+            assert!(start["start"][k].as_str().is_some_and(|v| !v.is_empty()), "{k}: {start}");
+        }
+        assert_eq!(start["start"]["custom_parameters"]["customer_name"], "Test Caller");
+        // --encoding: a label, or the whole media_format.
+        let f = WireFormat::new(Protocol::Exotel, None, Some("audio/x-raw")).unwrap();
+        assert_eq!(f.media_format["encoding"], "audio/x-raw");
+        let f = WireFormat::new(Protocol::Exotel, None, Some(r#"{"encoding":"base64","sample_rate":8000}"#)).unwrap();
+        assert_eq!(f.media_format["sample_rate"], 8000);
+        assert!(WireFormat::new(Protocol::Exotel, None, Some("{oops")).is_err());
+        assert!(WireFormat::new(Protocol::Twilio, None, Some("base64")).is_err());
         let mut s = session(Protocol::Plivo, None);
         let Message::Text(t) = s.media(&s.fmt.clone().frame(&[0; 160])) else { panic!() };
         let _: Value = serde_json::from_str(&t).unwrap();

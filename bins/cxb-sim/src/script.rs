@@ -86,7 +86,7 @@ pub struct AgentDeskScript {
 }
 
 fn default_reply() -> Reply {
-    Reply { text: "I see. Could you tell me a little more?".into(), tool_calls: Vec::new() }
+    Reply { text: "I see. Could you tell me a little more?".into(), ..Reply::default() }
 }
 fn default_after_tool() -> String {
     "Done.".into()
@@ -116,6 +116,11 @@ pub struct Reply {
     pub text: String,
     #[serde(default)]
     pub tool_calls: Vec<ToolCallSpec>,
+    /// Answer from the tool result the way a model grounded in it does: say its
+    /// `fallback_message` verbatim when it has one, else this prefix and the first sentence of
+    /// its first result's `text` (`text` when the result has neither).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_tool_result: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -127,6 +132,19 @@ pub struct ToolCallSpec {
 
 fn empty_object() -> Value {
     Value::Object(Default::default())
+}
+
+/// What a model grounded in a search result says: the result's `fallback_message` verbatim, or
+/// `prefix` and the first sentence of the first result's text.
+fn grounded_answer(prefix: &str, content: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(content).ok()?;
+    if let Some(m) = v.get("fallback_message").and_then(Value::as_str) {
+        return Some(m.to_string());
+    }
+    let text = v.pointer("/results/0/text").and_then(Value::as_str)?.trim();
+    let end =
+        text.find(['.', '!', '?', '।']).map_or(text.len(), |i| i + text[i..].chars().next().map_or(1, char::len_utf8));
+    Some(format!("{prefix} {}", text[..end].trim()).trim().to_string())
 }
 
 /// The transcript returned once the scripted ones are used up.
@@ -159,12 +177,18 @@ impl Script {
         }
     }
 
-    /// The reply to a tool result, given the name of the tool that produced it.
-    pub fn reply_after_tool(&self, tool: Option<&str>) -> Reply {
-        match tool.and_then(|t| self.after_tool_replies.get(t)) {
-            Some(r) => r.clone(),
-            None => Reply { text: self.after_tool_reply.clone(), tool_calls: Vec::new() },
+    /// The reply to a tool result (`content`), given the name of the tool that produced it.
+    pub fn reply_after_tool(&self, tool: Option<&str>, content: &str) -> Reply {
+        let Some(reply) = tool.and_then(|t| self.after_tool_replies.get(t)) else {
+            return Reply { text: self.after_tool_reply.clone(), ..Reply::default() };
+        };
+        let mut reply = reply.clone();
+        if let Some(prefix) = reply.from_tool_result.take() {
+            if let Some(text) = grounded_answer(&prefix, content) {
+                reply.text = text;
+            }
         }
+        reply
     }
 
     /// Transcript for the `n`-th (0-based) utterance of a connection.

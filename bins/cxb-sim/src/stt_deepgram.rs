@@ -18,7 +18,7 @@ use axum::Json;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::audio::{interim_word_count, DetEvent, UtteranceDetector};
+use crate::audio::{decode_pcm16, interim_word_count, DetEvent, UtteranceDetector};
 use crate::{close_ws, Latencies, SimState};
 
 const MODEL_UUID: &str = "1dbdfb4d-85b2-4659-9c58-a6ec2a9e0ff9";
@@ -93,6 +93,18 @@ pub fn parse_params(q: &HashMap<String, String>, default_endpointing: u64) -> Re
     })
 }
 
+/// Deepgram's key rule for every Deepgram double: `Authorization: Token|Bearer <key>`, any
+/// non-empty key but "bad-key". `Some` is the 401 to answer.
+pub(crate) fn refuse_bad_key(headers: &HeaderMap, request_id: &str, double: &str) -> Option<Response> {
+    let auth = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let key = auth.strip_prefix("Token ").or_else(|| auth.strip_prefix("Bearer ")).unwrap_or("").trim();
+    if !key.is_empty() && key != "bad-key" {
+        return None;
+    }
+    tracing::warn!("{double}: rejected upgrade, bad credentials");
+    Some(dg_error(StatusCode::UNAUTHORIZED, "INVALID_AUTH", "Invalid credentials.", request_id))
+}
+
 pub async fn handler(
     State(state): State<Arc<SimState>>,
     headers: HeaderMap,
@@ -100,11 +112,8 @@ pub async fn handler(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
-    let auth = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let key = auth.strip_prefix("Token ").or_else(|| auth.strip_prefix("Bearer ")).unwrap_or("").trim();
-    if key.is_empty() || key == "bad-key" {
-        tracing::warn!("deepgram: rejected upgrade, bad credentials");
-        return dg_error(StatusCode::UNAUTHORIZED, "INVALID_AUTH", "Invalid credentials.", &request_id);
+    if let Some(refused) = refuse_bad_key(&headers, &request_id, "deepgram") {
+        return refused;
     }
     let params = match parse_params(&q, Latencies::get(&state.lat.stt_endpointing_ms)) {
         Ok(p) => p,
@@ -300,22 +309,7 @@ impl Conn {
 
     fn on_audio(&mut self, bytes: &[u8]) {
         self.samples.clear();
-        let mut rest = bytes;
-        if let Some(lo) = self.odd_byte.take() {
-            if let Some((&hi, r)) = rest.split_first() {
-                self.samples.push(i16::from_le_bytes([lo, hi]));
-                rest = r;
-            } else {
-                self.odd_byte = Some(lo);
-            }
-        }
-        let mut chunks = rest.chunks_exact(2);
-        // `extend` over an exact-size iterator reserves once and converts without a capacity
-        // check per sample (this runs on every sample of every call).
-        self.samples.extend(chunks.by_ref().map(|c| i16::from_le_bytes([c[0], c[1]])));
-        if let [b] = chunks.remainder() {
-            self.odd_byte = Some(*b);
-        }
+        decode_pcm16(&mut self.odd_byte, bytes, &mut self.samples);
         self.events.clear();
         self.det.push(&self.samples, &mut self.events);
         let events = std::mem::take(&mut self.events);

@@ -122,12 +122,9 @@ pub async fn handler(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
-    // Same key rule as the v1 double: any non-empty key but "bad-key" is valid.
-    let auth = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let key = auth.strip_prefix("Token ").or_else(|| auth.strip_prefix("Bearer ")).unwrap_or("").trim();
-    if key.is_empty() || key == "bad-key" {
-        tracing::warn!("flux: rejected upgrade, bad credentials");
-        return dg_error(StatusCode::UNAUTHORIZED, "INVALID_AUTH", "Invalid credentials.", &request_id);
+    // Same key rule as the v1 double.
+    if let Some(refused) = crate::stt_deepgram::refuse_bad_key(&headers, &request_id, "flux") {
+        return refused;
     }
     let params = match parse_params(query.as_deref().unwrap_or("")) {
         Ok(p) => p,
@@ -317,22 +314,7 @@ impl Conn {
 
     fn on_audio(&mut self, bytes: &[u8]) {
         self.samples.clear();
-        let mut rest = bytes;
-        if let Some(lo) = self.odd_byte.take() {
-            if let Some((&hi, r)) = rest.split_first() {
-                self.samples.push(i16::from_le_bytes([lo, hi]));
-                rest = r;
-            } else {
-                self.odd_byte = Some(lo);
-            }
-        }
-        let mut chunks = rest.chunks_exact(2);
-        for c in &mut chunks {
-            self.samples.push(i16::from_le_bytes([c[0], c[1]]));
-        }
-        if let [b] = chunks.remainder() {
-            self.odd_byte = Some(*b);
-        }
+        crate::audio::decode_pcm16(&mut self.odd_byte, bytes, &mut self.samples);
         self.events.clear();
         self.det.push(&self.samples, &mut self.events);
         let events = std::mem::take(&mut self.events);

@@ -9,20 +9,23 @@
 //! hold.handle(now, HoldInput::Start);
 //! loop {
 //!     while let Some(action) = hold.poll_action() { perform(action) }   // Speak, StopAudio, Event, End
-//!     while let Some(frame) = hold.poll_frame(now) { publish(frame) }   // 20 ms hold music frames
+//!     while let Some(frame) = hold.poll_frame(now) { publish(frame) }   // 20 ms message or music frames
 //!     if hold.is_ended() { break }
-//!     select! { input = next_input() => hold.handle(now, input),
+//!     select! { input = next_input() => hold.handle(now, input),       // incl. the message's TTS audio
 //!               _ = sleep_until(hold.poll_timeout()) => hold.handle_timeout(now) }
 //! }
 //! ```
 //!
 //! Behaviour:
-//! - `Start`: the hold message (if any) is spoken first ([`HoldAction::Speak`]); hold music
-//!   starts when the driver reports [`HoldInput::MessageDone`] (or `message_timeout` passes),
-//!   and the message is repeated as a reminder every `reminder_every` of music. Music pauses
-//!   while a message is spoken and resumes where it left off.
-//! - Music frames are released in real time with a small lead (`playout_lead`), so stopping is
-//!   immediate: at most the lead is queued in the transport.
+//! - `Start`: the hold message (if any) is spoken first ([`HoldAction::Speak`]): the driver
+//!   forwards its synthesised audio ([`HoldInput::MessageAudio`], then
+//!   [`HoldInput::MessageSynthDone`]) and the worker plays it out; hold music starts once the
+//!   message has played (or the driver reports [`HoldInput::MessageDone`], or `message_timeout`
+//!   passes), and the message is repeated as a reminder every `reminder_every` of music. Music
+//!   pauses while a message is spoken and resumes where it left off.
+//! - Message and music frames are released in real time with a small lead (`playout_lead`) by
+//!   [`cxb_audio::pacing::Pacer`], the pacing the conversation engine uses for bot speech, so
+//!   stopping is immediate: at most the lead is queued in the transport.
 //! - `AgentJoined`: [`HoldAction::StopAudio`] at once; no frame is released after it. The worker
 //!   then waits quietly for the end of the call, at most `after_agent_max`. When every agent
 //!   has left (and none rejoined within `agent_left_grace`) the call ends as
@@ -37,12 +40,17 @@ mod audio;
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
+use cxb_audio::pacing::Pacer;
 use serde_json::{json, Map, Value};
 
 pub use audio::{HoldAudio, HoldError, DEFAULT_GAIN, MAX_CHANNELS, MAX_FILE_DURATION, MAX_GAIN};
 
 /// Duration of one hold-music frame.
 pub const FRAME: Duration = Duration::from_millis(20);
+
+/// Longest hold message buffered (the TTS sends faster than real time); audio beyond it is
+/// dropped.
+pub const MAX_MESSAGE: Duration = Duration::from_secs(60);
 
 /// Distinct agent identities tracked at once; more joins are counted but not remembered
 /// (bounds memory against a misbehaving room).
@@ -88,7 +96,13 @@ impl Default for HoldConfig {
 pub enum HoldInput {
     /// The enqueue is persisted: start holding.
     Start,
-    /// The last [`HoldAction::Speak`] finished playing.
+    /// Synthesised audio of the last [`HoldAction::Speak`], at the hold audio's rate; the worker
+    /// plays it out through [`Hold::poll_frame`].
+    MessageAudio(Vec<i16>),
+    /// The TTS sent all of the last [`HoldAction::Speak`]: the music resumes once it has played.
+    MessageSynthDone,
+    /// The last [`HoldAction::Speak`] is over now (played elsewhere, or it cannot be spoken):
+    /// what is buffered of it is dropped and the music resumes.
     MessageDone,
     AgentJoined {
         identity: String,
@@ -142,7 +156,8 @@ impl std::fmt::Display for HoldOutcome {
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HoldAction {
-    /// Speak this text (TTS) to the caller, then feed [`HoldInput::MessageDone`].
+    /// Synthesise this text (TTS) and feed its audio back ([`HoldInput::MessageAudio`], then
+    /// [`HoldInput::MessageSynthDone`]), or [`HoldInput::MessageDone`] when it cannot be spoken.
     Speak { text: String },
     /// Stop all hold audio now: drop queued music frames and cancel any hold message in TTS.
     StopAudio,
@@ -168,17 +183,35 @@ enum Phase {
     Ended,
 }
 
-/// A run of music frames paced from `start`.
-#[derive(Debug, Clone, Copy)]
-struct Spurt {
-    start: Duration,
-    frames: u64,
+/// A hold message being spoken: its audio comes from the driver's TTS, faster than real time.
+#[derive(Debug)]
+struct Speech {
+    since: Duration,
+    audio: VecDeque<i16>,
+    /// The TTS sent everything: once `audio` has played, the message is over.
+    synth_done: bool,
 }
 
-impl Spurt {
-    /// When the caller hears the end of what was released so far.
-    fn released_until(&self) -> Duration {
-        self.start.saturating_add(FRAME.saturating_mul(u32::try_from(self.frames).unwrap_or(u32::MAX)))
+impl Speech {
+    fn new(since: Duration) -> Speech {
+        Speech { since, audio: VecDeque::new(), synth_done: false }
+    }
+
+    fn played_out(&self) -> bool {
+        self.synth_done && self.audio.is_empty()
+    }
+
+    /// A whole frame is buffered, or the last part of the message (padded with silence).
+    fn frame_ready(&self, frame_samples: usize) -> bool {
+        self.audio.len() >= frame_samples || (self.synth_done && !self.audio.is_empty())
+    }
+
+    fn fill(&mut self, out: &mut [i16]) {
+        let n = out.len().min(self.audio.len());
+        for (o, s) in out.iter_mut().zip(self.audio.drain(..n)) {
+            *o = s;
+        }
+        out[n..].fill(0);
     }
 }
 
@@ -190,10 +223,12 @@ pub struct Hold {
     phase: Phase,
     last_now: Duration,
     started_at: Duration,
-    /// Holding: a message is being spoken since then.
-    speaking_since: Option<Duration>,
+    /// Holding: a message is being spoken.
+    speaking: Option<Speech>,
     /// Holding: music is playing.
-    music: Option<Spurt>,
+    music: bool,
+    /// Real-time pacing of the frames released (message and music alike).
+    pacer: Pacer,
     next_reminder: Option<Duration>,
     messages: u32,
     /// Loop position of the music, kept across pauses.
@@ -210,14 +245,16 @@ pub struct Hold {
 impl Hold {
     pub fn new(cfg: HoldConfig, audio: HoldAudio) -> Hold {
         let frame = vec![0; audio.frame_samples()];
+        let pacer = Pacer::new(audio.rate(), cfg.playout_lead, 1);
         Hold {
             cfg,
             audio,
             phase: Phase::Idle,
             last_now: Duration::ZERO,
             started_at: Duration::ZERO,
-            speaking_since: None,
-            music: None,
+            speaking: None,
+            music: false,
+            pacer,
             next_reminder: None,
             messages: 0,
             pos: 0,
@@ -246,8 +283,21 @@ impl Hold {
                     self.start(now);
                 }
             }
+            HoldInput::MessageAudio(pcm) => {
+                let max = self.max_message_samples();
+                if let Some(speech) = self.speaking.as_mut() {
+                    let room = max.saturating_sub(speech.audio.len());
+                    speech.audio.extend(pcm.iter().take(room));
+                }
+            }
+            HoldInput::MessageSynthDone => {
+                if let Some(speech) = self.speaking.as_mut() {
+                    speech.synth_done = true;
+                }
+                self.settle_message(now);
+            }
             HoldInput::MessageDone => {
-                if self.phase == Phase::Holding && self.speaking_since.is_some() {
+                if self.phase == Phase::Holding && self.speaking.is_some() {
                     self.message_finished(now);
                 }
             }
@@ -270,23 +320,23 @@ impl Hold {
         self.actions.pop_front()
     }
 
-    /// The next 20 ms music frame if it is due by `now + playout_lead`. Call until `None`.
+    /// The next 20 ms frame (hold message or music) if it is due by `now + playout_lead`. Call
+    /// until `None`. After an underrun (the driver woke late) pacing restarts from `now` instead
+    /// of bursting the backlog, which would only pile up in the transport.
     pub fn poll_frame(&mut self, now: Duration) -> Option<&[i16]> {
         if self.phase != Phase::Holding {
             return None;
         }
         let now = self.clock(now);
-        let spurt = self.music.as_mut()?;
-        // Underrun (the driver woke late): restart pacing from now instead of bursting the
-        // backlog, which would only pile up in the transport.
-        if now > spurt.released_until().saturating_add(FRAME) {
-            *spurt = Spurt { start: now, frames: 0 };
-        }
-        if spurt.released_until().saturating_sub(self.cfg.playout_lead) > now {
+        self.settle_message(now);
+        if !self.frame_ready() || !self.pacer.may_release(now, true) {
             return None;
         }
-        spurt.frames += 1;
-        self.audio.fill(&mut self.pos, &mut self.frame);
+        match self.speaking.as_mut() {
+            Some(speech) => speech.fill(&mut self.frame),
+            None => self.audio.fill(&mut self.pos, &mut self.frame),
+        }
+        self.pacer.released(self.frame.len());
         Some(&self.frame)
     }
 
@@ -296,9 +346,9 @@ impl Hold {
             Phase::Idle | Phase::Ended => return None,
             Phase::Holding => [
                 Some(self.hold_deadline()),
-                self.speaking_since.map(|t| t.saturating_add(self.cfg.message_timeout)),
+                self.speaking.as_ref().map(|s| s.since.saturating_add(self.cfg.message_timeout)),
                 self.next_reminder,
-                self.music.map(|s| s.released_until().saturating_sub(self.cfg.playout_lead)),
+                self.next_frame_at(),
             ],
             Phase::Agent => [self.agent_deadline(), self.grace_deadline(), None, None],
         };
@@ -315,7 +365,7 @@ impl Hold {
 
     /// Is the caller hearing (or about to hear) hold audio: music or a hold message?
     pub fn audio_active(&self) -> bool {
-        self.phase == Phase::Holding && (self.music.is_some() || self.speaking_since.is_some())
+        self.phase == Phase::Holding && (self.music || self.speaking.is_some())
     }
 
     /// Has an agent joined at any point?
@@ -339,6 +389,30 @@ impl Hold {
 
     fn message(&self) -> Option<&str> {
         self.cfg.message.as_deref().map(str::trim).filter(|m| !m.is_empty())
+    }
+
+    fn max_message_samples(&self) -> usize {
+        self.audio.rate() as usize * MAX_MESSAGE.as_secs() as usize
+    }
+
+    /// Is there a frame to release (pacing aside)? A played-out message counts: polling ends it.
+    fn frame_ready(&self) -> bool {
+        match &self.speaking {
+            Some(speech) => speech.frame_ready(self.frame.len()),
+            None => self.music,
+        }
+    }
+
+    /// When the next frame may go: at once when the stream is idle, else when the pacer says.
+    fn next_frame_at(&self) -> Option<Duration> {
+        let due = self.speaking.as_ref().is_some_and(Speech::played_out) || self.frame_ready();
+        due.then(|| if self.pacer.is_active() { self.pacer.next_release_at() } else { self.last_now })
+    }
+
+    /// Stop releasing: the driver drops what is queued towards the caller.
+    fn stop_audio(&mut self) {
+        self.actions.push_back(HoldAction::StopAudio);
+        self.pacer.stop();
     }
 
     fn hold_deadline(&self) -> Duration {
@@ -379,23 +453,30 @@ impl Hold {
         if has_message {
             self.speak(now, false);
         } else {
-            self.music = Some(Spurt { start: now, frames: 0 });
+            self.music = true;
         }
     }
 
     fn speak(&mut self, now: Duration, reminder: bool) {
         let Some(text) = self.message().map(str::to_string) else { return };
-        self.music = None;
+        self.music = false;
         self.next_reminder = None;
-        self.speaking_since = Some(now);
+        self.speaking = Some(Speech::new(now));
         self.messages = self.messages.saturating_add(1);
         self.event("hold_message", now, json!({"reminder": reminder, "count": self.messages}));
         self.actions.push_back(HoldAction::Speak { text });
     }
 
+    /// A message whose audio has all played is over.
+    fn settle_message(&mut self, now: Duration) {
+        if self.phase == Phase::Holding && self.speaking.as_ref().is_some_and(Speech::played_out) {
+            self.message_finished(now);
+        }
+    }
+
     fn message_finished(&mut self, now: Duration) {
-        self.speaking_since = None;
-        self.music = Some(Spurt { start: now, frames: 0 });
+        self.speaking = None;
+        self.music = true;
         self.next_reminder = (!self.cfg.reminder_every.is_zero()).then(|| now.saturating_add(self.cfg.reminder_every));
     }
 
@@ -408,14 +489,15 @@ impl Hold {
                     self.end(now, HoldOutcome::HoldTimeout, reason);
                     return;
                 }
-                if self.speaking_since.is_some_and(|t| now >= t.saturating_add(self.cfg.message_timeout)) {
-                    // The driver never reported the end of the message: make sure it is cut
-                    // before the music comes back, so the two never overlap.
-                    self.actions.push_back(HoldAction::StopAudio);
+                if self.speaking.as_ref().is_some_and(|s| now >= s.since.saturating_add(self.cfg.message_timeout)) {
+                    // The message never finished: make sure it is cut before the music comes
+                    // back, so the two never overlap.
+                    self.stop_audio();
                     self.event("hold_message_timeout", now, json!({}));
                     self.message_finished(now);
                 }
-                if self.music.is_some() && self.next_reminder.is_some_and(|t| now >= t) {
+                self.settle_message(now);
+                if self.music && self.next_reminder.is_some_and(|t| now >= t) {
                     self.speak(now, true);
                 }
             }
@@ -441,10 +523,10 @@ impl Hold {
                     self.started_at = now;
                 }
                 if self.audio_active() {
-                    self.actions.push_back(HoldAction::StopAudio);
+                    self.stop_audio();
                 }
-                self.music = None;
-                self.speaking_since = None;
+                self.music = false;
+                self.speaking = None;
                 self.next_reminder = None;
                 self.phase = Phase::Agent;
                 self.agent_joined_at = Some(now);
@@ -478,7 +560,7 @@ impl Hold {
             return;
         }
         if self.audio_active() {
-            self.actions.push_back(HoldAction::StopAudio);
+            self.stop_audio();
         }
         if self.phase == Phase::Idle {
             self.started_at = now;
@@ -494,8 +576,8 @@ impl Hold {
         self.actions.push_back(HoldAction::End { outcome, reason, at: now, hold, agent_joined });
         self.phase = Phase::Ended;
         self.outcome = Some(outcome);
-        self.music = None;
-        self.speaking_since = None;
+        self.music = false;
+        self.speaking = None;
         self.next_reminder = None;
         self.agents_gone_since = None;
     }

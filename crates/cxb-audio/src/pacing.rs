@@ -13,9 +13,7 @@
 
 use std::time::Duration;
 
-use crate::FRAME_MS;
-
-const FRAME: Duration = Duration::from_millis(FRAME_MS as u64);
+use crate::frame_len;
 
 /// Pacing state of one outbound audio stream.
 #[derive(Debug, Clone)]
@@ -23,6 +21,9 @@ pub struct Pacer {
     sample_rate: u32,
     lead: Duration,
     batch: u32,
+    /// Playing time of one frame: 20 ms, or the nearest whole-sample length below it at rates
+    /// that do not divide into 20 ms frames (11 025 Hz: 220 samples, 19.95 ms).
+    frame: Duration,
     /// Start of the current spurt and the samples released in it.
     spurt: Option<(Duration, usize)>,
 }
@@ -30,7 +31,9 @@ pub struct Pacer {
 impl Pacer {
     /// `lead`: how far ahead of real time audio is released; `batch`: frames per release (≥ 1).
     pub fn new(sample_rate: u32, lead: Duration, batch: u32) -> Self {
-        Self { sample_rate: sample_rate.max(1), lead, batch: batch.max(1), spurt: None }
+        let sample_rate = sample_rate.max(1);
+        let frame = samples_duration(frame_len(sample_rate).max(1), sample_rate);
+        Self { sample_rate, lead, batch: batch.max(1), frame, spurt: None }
     }
 
     /// A spurt is under way.
@@ -45,7 +48,7 @@ impl Pacer {
 
     /// Playing time of `samples` at this stream's rate.
     pub fn duration_of(&self, samples: usize) -> Duration {
-        Duration::from_micros(samples as u64 * 1_000_000 / self.sample_rate as u64)
+        samples_duration(samples, self.sample_rate)
     }
 
     /// When the caller will have heard everything released in this spurt (`None`: no spurt).
@@ -63,7 +66,7 @@ impl Pacer {
         if self.spurt.is_none() {
             return Duration::ZERO;
         }
-        self.next_frame_due() + FRAME * (self.batch - 1)
+        self.next_frame_due() + self.frame * (self.batch - 1)
     }
 
     /// May a frame be released at `now`? `first_in_wakeup`: no frame was released yet in this
@@ -72,7 +75,7 @@ impl Pacer {
     /// for each frame actually sent.
     pub fn may_release(&mut self, now: Duration, first_in_wakeup: bool) -> bool {
         if let Some(until) = self.heard_until() {
-            if now > until + FRAME {
+            if now > until + self.frame {
                 // Underrun: restart from now rather than burst what piled up.
                 self.spurt = None;
             }
@@ -97,6 +100,10 @@ impl Pacer {
         let ahead = until.saturating_sub(now);
         (ahead.as_micros() as u64 * self.sample_rate as u64 / 1_000_000) as usize
     }
+}
+
+fn samples_duration(samples: usize, sample_rate: u32) -> Duration {
+    Duration::from_micros(samples as u64 * 1_000_000 / sample_rate as u64)
 }
 
 #[cfg(test)]
@@ -160,5 +167,21 @@ mod tests {
         assert!(!p.is_active());
         assert_eq!(p.samples_ahead(ms(0)), 0);
         assert_eq!(p.next_release_at(), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_batch_gate_and_underrun_use_the_real_frame_length() {
+        // 11 025 Hz: a frame is 220 samples, 19 954 µs.
+        let frame = Duration::from_micros(19_954);
+        let mut p = Pacer::new(11_025, ms(0), 2);
+        assert!(!p.may_release(ms(0), true), "a batch of two waits for its second frame");
+        assert_eq!(p.next_release_at(), frame);
+        let mut q = Pacer::new(11_025, ms(0), 1);
+        assert!(q.may_release(ms(0), true));
+        q.released(220);
+        // A wake-up more than one frame after the released audio ran out restarts the spurt.
+        let late = frame * 2 + Duration::from_micros(26);
+        assert!(q.may_release(late, true));
+        assert_eq!(q.heard_until(), Some(late));
     }
 }

@@ -37,6 +37,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// LiveKit server API and room media; `None` when `LIVEKIT_URL` is unset (routes answer 503).
     pub livekit: Option<crate::livekit::LiveKit>,
+    /// Where `search_knowledge` looks: CXB API, or the local index on the embedded default.
+    pub knowledge: Option<Arc<dyn cxb_knowledge::KnowledgeSource>>,
 }
 
 impl AppState {
@@ -66,8 +68,10 @@ impl AppState {
         let postcall = crate::postcall::PostCall::new(llm.clone(), &settings);
         metrics::gauge!("cxb_call_slots").set(settings.max_concurrent_calls as f64);
         let livekit = crate::livekit::LiveKit::from_settings(&settings.livekit);
+        let knowledge = crate::knowledge::source(&settings, &http).await;
         Ok(Self {
             livekit,
+            knowledge,
             tracker: CallTracker::new(settings.max_concurrent_calls),
             settings: Arc::new(settings),
             config,

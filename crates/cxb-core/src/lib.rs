@@ -7,6 +7,7 @@ pub mod auth;
 pub mod call;
 pub mod config_client;
 pub mod delivery;
+pub mod knowledge;
 pub mod link;
 pub mod livekit;
 pub mod metrics_setup;
@@ -20,6 +21,7 @@ pub mod smart_turn;
 pub mod tracker;
 pub mod transport_routes;
 pub mod transports;
+pub(crate) mod variables;
 
 use std::time::Duration;
 
@@ -72,9 +74,7 @@ pub async fn serve_with(
     let outbox_task = outbox.start(outbox_stop.clone());
     // Recordings: register the uploader, repair what a crash left, start retention — before
     // any call (a live call's file is also `.part`).
-    let (_uploader, sweeper) = recordings::start_services(&state.settings, &outbox, outbox_stop.clone())
-        .await
-        .map_err(|e| anyhow_free::Error::Storage(e.to_string()))?;
+    let (_uploader, sweeper) = recordings::start_services(&state.settings, &outbox, outbox_stop.clone()).await?;
     let recovered = state.delivery.recover_staged().await;
     if recovered > 0 {
         warn!(recovered, "delivered results staged before the last stop");
@@ -143,6 +143,6 @@ pub mod anyhow_free {
         #[error("outbox: {0}")]
         Outbox(#[from] cxb_delivery::OutboxError),
         #[error("recording storage: {0}")]
-        Storage(String),
+        Storage(#[from] cxb_delivery::storage::StorageError),
     }
 }

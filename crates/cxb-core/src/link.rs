@@ -10,7 +10,7 @@ use cxb_transports::{CallMeta, Inbound, OutFrame, ProtocolError, Transport};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, warn};
 
 /// How long a single outbound frame may take to write before the caller counts as gone.
 const SEND_TIMEOUT: Duration = Duration::from_secs(3);
@@ -40,9 +40,30 @@ pub enum LinkEvent {
 /// How a transfer request goes.
 pub enum TransferStart {
     /// Done (or refused) on the spot, e.g. a frame was queued.
-    Done(Result<(), String>),
+    Done(Result<(), TransferError>),
     /// Performed by this future (a server API call); the driver awaits it off the call task.
-    Pending(BoxFuture<'static, Result<(), String>>),
+    Pending(BoxFuture<'static, Result<(), TransferError>>),
+}
+
+/// Why a transfer did not happen. The text goes to the LLM and into the `transfer_failed` event.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The transport's protocol has no transfer, or refused this one.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error("method {method:?} cannot be used on a {transport} call")]
+    Method { method: String, transport: &'static str },
+    #[error("the caller's SIP participant is not known")]
+    NoSipParticipant,
+    #[error("the caller is not on a SIP call")]
+    NotSip,
+    #[error(transparent)]
+    Destination(#[from] cxb_livekit::TransferDestinationError),
+    /// LiveKit refused or failed the SIP REFER; `sip_status` is the phone network's final answer.
+    #[error("{}{source}", .sip_status.map(|c| format!("SIP {c}: ")).unwrap_or_default())]
+    Refer { sip_status: Option<u16>, source: cxb_livekit::ServerApiError },
+    #[error(transparent)]
+    Handoff(#[from] crate::call::HandoffError),
 }
 
 /// The call driver's view of the far end. Output methods queue; [`CallLink::flush`] writes.
@@ -284,7 +305,7 @@ impl<T: Transport + Send> CallLink for WsLink<T> {
 
     fn transfer(&mut self, destination: &str, _method: &str, _kind: &str, reason: &str) -> TransferStart {
         // The dialler does not acknowledge reverse-call-transfer: sent is done.
-        TransferStart::Done(self.transport.transfer(destination, reason, &mut self.out).map_err(|e| e.to_string()))
+        TransferStart::Done(self.transport.transfer(destination, reason, &mut self.out).map_err(TransferError::from))
     }
 
     async fn flush(&mut self) -> bool {
@@ -305,26 +326,53 @@ impl<T: Transport + Send> CallLink for WsLink<T> {
 
 /// Perform a transport's out-of-band HTTP request (REST hang-up, ...) without blocking the call.
 fn spawn_http(req: cxb_transports::HttpRequest) {
-    tokio::spawn(
-        async move {
-            static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-            let http = HTTP.get_or_init(reqwest::Client::new);
-            let method = reqwest::Method::from_bytes(req.method.as_bytes()).unwrap_or(reqwest::Method::POST);
-            let mut r = http.request(method, &req.url).timeout(Duration::from_secs(5));
-            for (k, v) in &req.headers {
-                r = r.header(k, v);
-            }
-            if let Some(b) = req.body {
-                r = r.body(b);
-            }
-            match r.send().await {
-                Ok(resp) if resp.status().is_success() => {
-                    info!(url = %req.url, status = resp.status().as_u16(), "transport request done")
-                }
-                Ok(resp) => warn!(url = %req.url, status = resp.status().as_u16(), "transport request refused"),
-                Err(e) => warn!(url = %req.url, error = %e, "transport request failed"),
-            }
+    crate::call::spawn_in_call(async move {
+        static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+        let http = HTTP.get_or_init(reqwest::Client::new);
+        let method = reqwest::Method::from_bytes(req.method.as_bytes()).unwrap_or(reqwest::Method::POST);
+        let mut r = http.request(method, &req.url).timeout(Duration::from_secs(5));
+        for (k, v) in &req.headers {
+            r = r.header(k, v);
         }
-        .in_current_span(),
-    );
+        if let Some(b) = req.body {
+            r = r.body(b);
+        }
+        match r.send().await {
+            Ok(resp) if resp.status().is_success() => {
+                info!(url = %req.url, status = resp.status().as_u16(), "transport request done")
+            }
+            Ok(resp) => warn!(url = %req.url, status = resp.status().as_u16(), "transport request refused"),
+            Err(e) => warn!(url = %req.url, error = %e, "transport request failed"),
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The text goes to the LLM and into `transfer_failed`; a SIP status leads it.
+    #[test]
+    fn transfer_errors_read_as_before() {
+        let refused = TransferError::Refer {
+            sip_status: Some(486),
+            source: cxb_livekit::ServerApiError::Sip {
+                status_code: 486,
+                status: "Busy Here".into(),
+                twirp_code: "unavailable".into(),
+            },
+        };
+        assert_eq!(refused.to_string(), "SIP 486: SIP status 486 Busy Here (twirp code \"unavailable\")");
+        let failed = TransferError::Refer {
+            sip_status: None,
+            source: cxb_livekit::ServerApiError::TransferFailed { reason: "no answer".into() },
+        };
+        assert_eq!(failed.to_string(), "SIP transfer failed: no answer");
+        let method = TransferError::Method { method: "dialler".into(), transport: "livekit_inbound" };
+        assert_eq!(method.to_string(), "method \"dialler\" cannot be used on a livekit_inbound call");
+        assert_eq!(
+            TransferError::from(ProtocolError::Unsupported("transfer")).to_string(),
+            ProtocolError::Unsupported("transfer").to_string()
+        );
+    }
 }

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use cxb_engine::CallRecord;
 use cxb_providers::llm::LlmClient;
+use cxb_wire::llm::ResponseFormat;
 use cxb_wire::result::{CallEvent, CallResultsPayload, LlmCacheSummary, LlmPurpose, LlmUsageEntry, UsageMetrics};
 use cxb_wire::BotConfig;
 use serde_json::{json, Map, Value};
@@ -64,8 +65,8 @@ pub struct PostCallSettings {
     #[arg(long, env = "CXBCORE_POSTCALL_TEMPERATURE")]
     pub postcall_temperature: Option<f32>,
 
-    /// Ask for JSON output (`response_format: {"type":"json_object"}`). Turn off for
-    /// OpenAI-compatible servers that reject the parameter.
+    /// Ask for JSON output in the vendor's way (OpenAI: `response_format: {"type":"json_object"}`).
+    /// Turn off for OpenAI-compatible servers that reject the parameter.
     #[arg(long, env = "CXBCORE_POSTCALL_JSON_MODE", default_value_t = true, action = clap::ArgAction::Set)]
     pub postcall_json_mode: bool,
 
@@ -155,7 +156,7 @@ impl PostCall {
             params
         };
         let (client, retries, permits) = (self.llm.clone(), self.pc().postcall_retries, self.permits.clone());
-        let handle = tokio::spawn(async move {
+        let handle = crate::call::spawn_in_call(async move {
             let runs = jobs
                 .into_iter()
                 .map(|job| analysis::run(client.clone(), params.clone(), job, deadline, retries, permits.clone()));
@@ -250,6 +251,7 @@ impl PostCall {
                     &model,
                     &prompt,
                     &text,
+                    self.response_format(),
                     self.request_extra(cfg, purpose),
                     self.pc().postcall_max_tokens,
                     self.pc().postcall_temperature,
@@ -259,14 +261,20 @@ impl PostCall {
         (p, jobs)
     }
 
-    /// Provider parameters: JSON mode and, when `post_call_cache_enabled`, OpenAI-style prompt
-    /// caching hints keyed by `post_call_cache_version` (`post_call_cache.prompt_cache_key` /
+    /// A JSON object, unless JSON mode is switched off (the prompt asks for JSON either way).
+    fn response_format(&self) -> ResponseFormat {
+        if self.pc().postcall_json_mode {
+            ResponseFormat::Json { schema: None }
+        } else {
+            ResponseFormat::Text
+        }
+    }
+
+    /// Provider parameters: when `post_call_cache_enabled`, OpenAI-style prompt caching hints
+    /// keyed by `post_call_cache_version` (`post_call_cache.prompt_cache_key` /
     /// `prompt_cache_retention` override them).
     fn request_extra(&self, cfg: &BotConfig, purpose: LlmPurpose) -> Map<String, Value> {
         let mut m = Map::new();
-        if self.pc().postcall_json_mode {
-            m.insert("response_format".into(), json!({"type": "json_object"}));
-        }
         if cfg.post_call_cache_enabled {
             let hints = cfg.post_call_cache.as_ref().and_then(Value::as_object);
             let hint = |k: &str| hints.and_then(|h| h.get(k)).and_then(Value::as_str).filter(|s| !s.is_empty());

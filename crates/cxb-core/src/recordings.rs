@@ -49,7 +49,8 @@ use crate::settings::Settings;
 
 /// Recording storage settings. Object storage is used when `CXBCORE_S3_BUCKET` is set; otherwise
 /// recordings stay on local disk (the embedded default).
-#[derive(Debug, Clone, clap::Args)]
+#[derive(educe::Educe, Clone, clap::Args)]
+#[educe(Debug)]
 pub struct StorageSettings {
     /// Record calls at all (stereo WAV under --data-dir/recordings). `false` disables recording:
     /// results then carry no recording fields.
@@ -73,10 +74,12 @@ pub struct StorageSettings {
 
     /// Access key id. Unset: `AWS_ACCESS_KEY_ID`.
     #[arg(long, env = "CXBCORE_S3_ACCESS_KEY_ID", hide_env_values = true)]
+    #[educe(Debug(method(crate::settings::redact)))]
     pub s3_access_key_id: Option<String>,
 
     /// Secret access key. Unset: `AWS_SECRET_ACCESS_KEY`.
     #[arg(long, env = "CXBCORE_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    #[educe(Debug(method(crate::settings::redact)))]
     pub s3_secret_access_key: Option<String>,
 
     /// Public base URL for `recording_url` (`{base}/{key}`), e.g. a CDN or
@@ -356,9 +359,11 @@ pub fn recover_partial(data_dir: &FsPath) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     for (key, part) in storage::partial_recordings(data_dir) {
         let Some(wav) = recording_path(data_dir, &key) else { continue };
-        let repaired = cxb_audio::recorder::repair_wav_header(&part)
-            .map_err(|e| e.to_string())
-            .and_then(|data| std::fs::rename(&part, &wav).map(|()| data + 44).map_err(|e| e.to_string()));
+        let repaired = cxb_audio::recorder::repair_wav_header(&part).map_err(RecordingError::from).and_then(|data| {
+            std::fs::rename(&part, &wav)
+                .map(|()| data + 44)
+                .map_err(|source| RecordingError::Io { path: part.clone(), source })
+        });
         match repaired {
             Ok(bytes) => {
                 warn!(%key, bytes, "recovered a recording left unfinished by a crash");

@@ -33,6 +33,33 @@ pub struct CallSummary {
     pub disconnected_by: DisconnectedBy,
 }
 
+impl CallSummary {
+    /// A call's summary: its identity from the link's metadata, its span and how it ended.
+    pub fn new(
+        session_id: String,
+        bot_id: &str,
+        transport: &'static str,
+        meta: &cxb_transports::CallMeta,
+        started_at: chrono::DateTime<chrono::Utc>,
+        duration: Duration,
+        disconnected_by: DisconnectedBy,
+    ) -> Self {
+        CallSummary {
+            session_id,
+            bot_id: bot_id.to_string(),
+            transport,
+            stream_id: meta.stream_id.clone(),
+            caller_id: meta.caller_id.clone(),
+            did: meta.did.clone(),
+            call_direction: meta.call_direction.clone(),
+            connected_event: meta.connected_event.clone(),
+            started_at,
+            duration,
+            disconnected_by,
+        }
+    }
+}
+
 pub(crate) fn rfc3339(start: chrono::DateTime<chrono::Utc>, offset: Duration) -> String {
     let t = start + chrono::Duration::from_std(offset).unwrap_or_default();
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)

@@ -5,12 +5,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use cxb_providers::registry::{self, ProviderKeys};
+use educe::Educe;
 
 /// cxb-core: the fleet worker of a contact-centre voice-AI platform.
 ///
 /// Every setting can be given as a flag or as the environment variable shown.
-#[derive(Debug, Clone, Parser)]
-#[command(name = "cxb-core", version, about, long_about = None)]
+#[derive(Educe, Clone, Parser)]
+#[educe(Debug)]
+#[command(name = "cxb-core", version, about, long_about = None, after_help = registry::keys_help())]
 pub struct Settings {
     /// Address to listen on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
@@ -23,6 +26,7 @@ pub struct Settings {
 
     /// Shared secret for the X-CXBCore-Secret / X-CXB-Core-Secret headers.
     #[arg(long, env = "CXBCORE_SECRET", hide_env_values = true)]
+    #[educe(Debug(method(crate::settings::redact)))]
     pub secret: Option<String>,
 
     /// Concurrent calls this process accepts (CallTracker slots).
@@ -86,15 +90,21 @@ pub struct Settings {
     #[arg(long, env = "CXBCORE_RUNTIME_THREADS", default_value_t = 0)]
     pub runtime_threads: usize,
 
-    /// Fallback API keys when a bot config's provider block has none.
-    #[arg(long, env = "DEEPGRAM_API_KEY", hide_env_values = true)]
-    pub deepgram_api_key: Option<String>,
-    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
-    pub openai_api_key: Option<String>,
-    #[arg(long, env = "CARTESIA_API_KEY", hide_env_values = true)]
-    pub cartesia_api_key: Option<String>,
-    #[arg(long, env = "ELEVENLABS_API_KEY", hide_env_values = true)]
-    pub elevenlabs_api_key: Option<String>,
+    /// Fallback API keys when a bot config's provider block has none: every vendor's
+    /// `<VENDOR>_API_KEY` variable (listed at the end of `--help`), read by [`Self::resolve_aliases`].
+    #[arg(skip)]
+    pub provider_keys: ProviderKeys,
+
+    /// Knowledge bases for the embedded default's `search_knowledge` tool: one folder per
+    /// knowledge-base id holding `.md`/`.txt` documents, indexed at start and re-indexed on
+    /// change. Unused when a CXB API is configured (it owns knowledge search).
+    #[arg(long, env = "CXBCORE_KNOWLEDGE_DIR", default_value = cxb_knowledge::DEFAULT_KNOWLEDGE_DIR)]
+    pub knowledge_dir: PathBuf,
+
+    /// Bound on one knowledge search, in milliseconds (a slow search is a tool error the LLM
+    /// sees, never a failed call).
+    #[arg(long, env = "CXBCORE_KNOWLEDGE_TIMEOUT_MS", default_value_t = 3000)]
+    pub knowledge_timeout_ms: u64,
 
     /// Base URL CXB API reaches this worker at (e.g. `https://fleet1.example.com`), for
     /// `recording_url` when no bucket or public URL gives one: `{base}/recordings/{key}`.
@@ -182,6 +192,11 @@ pub enum OutboxOp {
     Stats,
 }
 
+/// Debug output of a secret setting: whether it is set, never its value.
+pub(crate) fn redact(value: &Option<String>, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    f.write_str(if value.is_some() { "<redacted>" } else { "None" })
+}
+
 impl Settings {
     /// Fill `public_url` from the bound address when it was not configured.
     pub fn derive_public_url(&mut self, bound: SocketAddr) {
@@ -207,8 +222,10 @@ impl Settings {
         })
     }
 
-    /// `CONFIG_URL` is the documented alias of `CXB_API_CONFIG_URL`.
+    /// What the flags do not read: `CONFIG_URL` (the documented alias of `CXB_API_CONFIG_URL`)
+    /// and the provider API keys (the variables the provider registry names).
     pub fn resolve_aliases(mut self) -> Self {
+        self.provider_keys = ProviderKeys::from_env();
         if self.config_url.is_none() {
             self.config_url = std::env::var("CONFIG_URL").ok().filter(|s| !s.trim().is_empty());
         }
@@ -282,7 +299,35 @@ fn host_name() -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
     use super::*;
+
+    /// Every setting whose environment value `--help` hides is a secret: set them all and
+    /// check that none reaches the Debug output (logs, panics).
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let secret_flags: Vec<String> = Settings::command()
+            .get_arguments()
+            .filter(|a| a.is_hide_env_values_set())
+            .filter_map(|a| a.get_long().map(str::to_string))
+            .collect();
+        for expected in ["secret", "s3-secret-access-key", "livekit-api-secret", "twilio-auth-token"] {
+            assert!(secret_flags.iter().any(|f| f == expected), "{expected} is not marked secret: {secret_flags:?}");
+        }
+        let value = |i: usize| format!("sekrit-{i}-value");
+        let mut argv = vec!["cxb-core".to_string()];
+        for (i, flag) in secret_flags.iter().enumerate() {
+            argv.extend([format!("--{flag}"), value(i)]);
+        }
+        let settings = Settings::try_parse_from(&argv).expect("the secret flags parse");
+        let shown = format!("{settings:?}");
+        for (i, flag) in secret_flags.iter().enumerate() {
+            assert!(!shown.contains(&value(i)), "--{flag} shows in {shown}");
+        }
+        assert_eq!(shown.matches("<redacted>").count(), secret_flags.len());
+        assert!(shown.contains("max_concurrent_calls: 500"), "other settings still show: {shown}");
+    }
 
     #[test]
     fn recording_urls_fall_back_to_this_workers_route() {
@@ -310,5 +355,17 @@ mod tests {
         let url = s.public_url.unwrap();
         assert!(url.starts_with("http://") && url.ends_with(":8080"), "{url}");
         assert!(!url.contains("0.0.0.0"), "{url}");
+    }
+
+    #[test]
+    fn help_lists_the_provider_key_variables_and_debug_hides_their_values() {
+        let help = Settings::command().render_long_help().to_string();
+        for name in ["DEEPGRAM_API_KEY", "OPENAI_API_KEY", "CARTESIA_API_KEY", "ELEVENLABS_API_KEY"] {
+            assert!(help.contains(name), "{name} in --help");
+        }
+        let mut s = Settings::for_tests(PathBuf::from("data"));
+        s.provider_keys = ProviderKeys::from_lookup(|n| (n == "OPENAI_API_KEY").then(|| "sk-SECRET".to_string()));
+        let debug = format!("{s:?}");
+        assert!(debug.contains("OPENAI_API_KEY") && !debug.contains("sk-SECRET"), "{debug}");
     }
 }

@@ -3,15 +3,13 @@
 //! A slot is taken atomically *before* any side effect and released by an RAII guard, so every
 //! exit path — normal end, error, a panicking task, a vanished client — gives it back.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 #[derive(Debug)]
 struct Inner {
     max: u64,
     active: AtomicU64,
-    ids: Mutex<HashSet<String>>,
     draining: AtomicBool,
     idle: tokio::sync::Notify,
 }
@@ -35,7 +33,6 @@ impl CallTracker {
             inner: Arc::new(Inner {
                 max,
                 active: AtomicU64::new(0),
-                ids: Mutex::new(HashSet::new()),
                 draining: AtomicBool::new(false),
                 idle: tokio::sync::Notify::new(),
             }),
@@ -49,10 +46,8 @@ impl CallTracker {
         }
         let max = self.inner.max;
         self.inner.active.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
-        let id = call_id.into();
-        self.inner.ids.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone());
         metrics::gauge!("cxb_active_calls").set(self.active() as f64);
-        Some(CallSlot { inner: self.inner.clone(), id })
+        Some(CallSlot { inner: self.inner.clone(), id: call_id.into() })
     }
 
     pub fn active(&self) -> u64 {
@@ -67,17 +62,9 @@ impl CallTracker {
         self.inner.max.saturating_sub(self.active())
     }
 
-    pub fn active_ids(&self) -> Vec<String> {
-        self.inner.ids.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
-    }
-
     /// Stop accepting calls (SIGTERM).
     pub fn start_draining(&self) {
         self.inner.draining.store(true, Ordering::Release);
-    }
-
-    pub fn is_draining(&self) -> bool {
-        self.inner.draining.load(Ordering::Acquire)
     }
 
     /// Wait until no call holds a slot.
@@ -100,7 +87,6 @@ impl CallSlot {
 
 impl Drop for CallSlot {
     fn drop(&mut self) {
-        self.inner.ids.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
         let left = self.inner.active.fetch_sub(1, Ordering::AcqRel) - 1;
         metrics::gauge!("cxb_active_calls").set(left as f64);
         if left == 0 {
@@ -111,6 +97,8 @@ impl Drop for CallSlot {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
 
     #[test]

@@ -4,19 +4,22 @@
 
 use cxb_wire::config::{PlivoConfig, TelnyxConfig, TwilioConfig};
 
-#[derive(Clone, Default, clap::Args)]
+#[derive(educe::Educe, Clone, Default, clap::Args)]
+#[educe(Debug)]
 pub struct TelephonySettings {
     /// Twilio account SID for REST hang-ups (default: the stream's `accountSid`).
     #[arg(long, env = "TWILIO_ACCOUNT_SID")]
     pub twilio_account_sid: Option<String>,
     /// Twilio auth token for REST hang-ups.
     #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
+    #[educe(Debug(method(crate::settings::redact)))]
     pub twilio_auth_token: Option<String>,
     /// Twilio REST API root.
     #[arg(long, env = "TWILIO_API_BASE", default_value = cxb_transports::twilio::DEFAULT_API_BASE)]
     pub twilio_api_base: String,
     /// Telnyx API key (Call Control) for REST hang-ups.
     #[arg(long, env = "TELNYX_API_KEY", hide_env_values = true)]
+    #[educe(Debug(method(crate::settings::redact)))]
     pub telnyx_api_key: Option<String>,
     /// Telnyx REST API root.
     #[arg(long, env = "TELNYX_API_BASE", default_value = cxb_transports::telnyx::DEFAULT_API_BASE)]
@@ -26,33 +29,11 @@ pub struct TelephonySettings {
     pub plivo_auth_id: Option<String>,
     /// Plivo auth token for REST hang-ups.
     #[arg(long, env = "PLIVO_AUTH_TOKEN", hide_env_values = true)]
+    #[educe(Debug(method(crate::settings::redact)))]
     pub plivo_auth_token: Option<String>,
     /// Plivo REST API root.
     #[arg(long, env = "PLIVO_API_BASE", default_value = cxb_transports::plivo::DEFAULT_API_BASE)]
     pub plivo_api_base: String,
-}
-
-fn redact(v: &Option<String>) -> &'static str {
-    if v.as_deref().is_some_and(|s| !s.is_empty()) {
-        "<set>"
-    } else {
-        "<unset>"
-    }
-}
-
-impl std::fmt::Debug for TelephonySettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TelephonySettings")
-            .field("twilio_account_sid", &self.twilio_account_sid)
-            .field("twilio_auth_token", &redact(&self.twilio_auth_token))
-            .field("twilio_api_base", &self.twilio_api_base)
-            .field("telnyx_api_key", &redact(&self.telnyx_api_key))
-            .field("telnyx_api_base", &self.telnyx_api_base)
-            .field("plivo_auth_id", &self.plivo_auth_id)
-            .field("plivo_auth_token", &redact(&self.plivo_auth_token))
-            .field("plivo_api_base", &self.plivo_api_base)
-            .finish()
-    }
 }
 
 fn non_empty(v: &Option<String>) -> Option<String> {

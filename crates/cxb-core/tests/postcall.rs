@@ -198,6 +198,7 @@ fn conversation() -> CallRecord {
         total_tokens: 940,
         cached_tokens: 512,
         cache_write_tokens: 0,
+        thoughts_tokens: 0,
     };
     r.latency = vec![LatencySample {
         turn: 1,

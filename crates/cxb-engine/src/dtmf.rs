@@ -1,5 +1,15 @@
-//! In-band DTMF tones (ITU-T Q.23 frequency pairs) for `send_dtmf`: they pass through every
-//! transport's audio path (linear PCM, μ-law, A-law) without a signalling primitive.
+//! DTMF both ways: the caller's keypresses become a turn, and `send_dtmf` plays in-band tones
+//! (ITU-T Q.23 frequency pairs), which pass through every transport's audio path (linear PCM,
+//! μ-law, A-law) without a signalling primitive.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::timer::Timer;
+use crate::transfer::TransferState;
+use crate::utterance::UtteranceKind;
+use crate::Conversation;
 
 /// Tone and gap length: 100 ms each, well above the 40 ms Q.24 minimum receivers accept.
 const TONE_MS: u32 = 100;
@@ -50,6 +60,77 @@ pub fn tones(digits: &str, sample_rate: u32) -> Vec<i16> {
         out.extend(std::iter::repeat_n(0, gap));
     }
     out
+}
+
+/// Keys pressed since the last keypad turn.
+#[derive(Debug, Default)]
+pub(crate) struct Keypad {
+    digits: String,
+    started: Option<Duration>,
+}
+
+impl Keypad {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.digits.is_empty()
+    }
+}
+
+impl Conversation {
+    pub(crate) fn on_dtmf(&mut self, now: Duration, digits: String) {
+        let digits: String = digits.chars().filter(|c| is_dtmf(*c)).collect();
+        if digits.is_empty() {
+            return;
+        }
+        self.record.event("dtmf", now, json!({"digits": digits}));
+        if matches!(self.transfer, TransferState::Idle)
+            && !self.saying_goodbye
+            && self.speech.front_interruptible()
+            && !self.in_opening_guard(now)
+        {
+            // A keypress is deliberate: it interrupts like a high-intent phrase.
+            self.interrupt(now, 0);
+        }
+        self.keys.started.get_or_insert(now);
+        self.keys.digits.push_str(&digits);
+        if self.keys.digits.ends_with('#') || self.keys.digits.len() >= 32 {
+            self.close_dtmf_turn(now);
+        } else {
+            self.timers.set(Timer::Dtmf, now + self.cfg.dtmf_input_timeout);
+        }
+    }
+
+    /// The keys pressed so far become a caller turn `[DTMF] 123`.
+    pub(crate) fn close_dtmf_turn(&mut self, now: Duration) {
+        self.timers.clear(Timer::Dtmf);
+        let digits = std::mem::take(&mut self.keys.digits);
+        let started = self.keys.started.take().unwrap_or(now);
+        if digits.is_empty() || !matches!(self.transfer, TransferState::Idle) || self.saying_goodbye {
+            return;
+        }
+        self.take_turn(now, format!("[DTMF] {digits}"), started, None);
+    }
+
+    /// `send_dtmf(digits)`: queue in-band tones (not interruptible) and tell the LLM.
+    pub(crate) fn send_dtmf(&mut self, now: Duration, arguments: &str) -> String {
+        let digits = serde_json::from_str::<Value>(arguments)
+            .ok()
+            .and_then(|v| v.get("digits").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or_default();
+        let digits: String = digits.chars().filter(|c| is_dtmf(*c)).take(32).collect();
+        if digits.is_empty() {
+            return "error: no valid DTMF digits (0-9, *, #, A-D)".into();
+        }
+        self.record.event("dtmf_sent", now, json!({"digits": digits}));
+        let id = self.new_utterance(UtteranceKind::Final);
+        let pcm = tones(&digits, self.cfg.sample_rate);
+        if let Some(u) = self.speech.get_mut(id) {
+            u.received = pcm.len();
+            u.audio.extend(pcm);
+            u.flushed = true;
+            u.tts_done = true;
+        }
+        format!("sent DTMF {digits}")
+    }
 }
 
 #[cfg(test)]

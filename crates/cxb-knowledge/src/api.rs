@@ -25,8 +25,9 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use serde_json::Value;
 use tracing::{debug, warn};
 
-use crate::query::{clamp_unit, finish_hits, id_text, number};
+use crate::query::{clamp_unit, finish_hits};
 use crate::{Hit, KnowledgeError, KnowledgeQuery, KnowledgeSource};
+use cxb_wire::knowledge::{lenient_id as id_text, lenient_number as number};
 
 /// Both spellings of the shared secret header; outbound requests send both (contract §13.2).
 pub const SECRET_HEADERS: [&str; 2] = ["X-CXBCore-Secret", "X-CXB-Core-Secret"];

@@ -132,11 +132,11 @@ impl KnowledgeTool {
         let text = match query_argument(arguments_json) {
             Ok(t) => t,
             Err(message) => {
-                let query = self.settings.query("", bot_id, session_id);
+                let query = KnowledgeQuery::for_bot(&self.settings, "", bot_id, session_id);
                 return self.failed(query, started, KnowledgeError::InvalidArguments(message));
             }
         };
-        let query = self.settings.query(&text, bot_id, session_id);
+        let query = KnowledgeQuery::for_bot(&self.settings, &text, bot_id, session_id);
         if query.query.is_empty() {
             return self.failed(query, started, KnowledgeError::EmptyQuery);
         }

@@ -16,8 +16,12 @@ pub enum ProviderError {
     Remote { provider: &'static str, detail: String },
     #[error("{provider}: input backlog full; the provider is not keeping up")]
     Backlog { provider: &'static str },
-    #[error("unsupported provider {0:?}")]
-    Unsupported(String),
+    /// A bot config names a provider the registry does not know (a config error).
+    #[error("{}.provider {name:?} is not a known {kind} provider; known: {}", kind.block(), crate::registry::known_names(*kind))]
+    UnknownProvider { kind: crate::registry::Kind, name: String },
+    /// The bot's provider block cannot work as configured (a missing project, an unusable key).
+    #[error("{provider}: configuration: {detail}")]
+    Config { provider: &'static str, detail: String },
 }
 
 impl ProviderError {
@@ -30,8 +34,9 @@ impl ProviderError {
             | Self::Timeout { provider, .. }
             | Self::Closed { provider, .. }
             | Self::Remote { provider, .. }
+            | Self::Config { provider, .. }
             | Self::Backlog { provider } => provider,
-            Self::Unsupported(_) => "unknown",
+            Self::UnknownProvider { .. } => "unknown",
         }
     }
 }

@@ -6,16 +6,19 @@
 
 use std::collections::BTreeMap;
 
-use cxb_wire::llm::{ChatMessage, ChatRequest, ToolCall, Usage};
+use std::time::Duration;
+
+use cxb_wire::llm::{ChatMessage, ChatRequest, ResponseFormat, ToolCall, ToolSpec, Usage};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
 use crate::llm::{LlmEvent, LlmParams};
+use crate::prompt_cache::{split_system, CacheReport};
 use crate::ws::{truncate, MAX_ERROR_BODY};
 use crate::ProviderError;
 
-const PROVIDER: &str = "openai";
+const PROVIDER: &str = crate::registry::OPENAI.name;
 /// A voice turn is a few hundred tokens; megabytes mean a runaway or broken server.
 const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 /// One SSE line carries one JSON chunk; nothing legitimate comes near this.
@@ -23,8 +26,22 @@ const MAX_LINE_BYTES: usize = 1024 * 1024;
 
 pub(crate) async fn run(http: reqwest::Client, params: LlmParams, req: ChatRequest, tx: mpsc::Sender<LlmEvent>) {
     if let Err(e) = stream_completion(&http, &params, &req, &tx).await {
-        tracing::warn!(error = %e, model = %req.model, "chat completion failed");
-        let _ = tx.send(LlmEvent::Error(e)).await;
+        report_failure(e, &req.model, &tx).await;
+    }
+}
+
+/// The request's last event: its error (logged, since the caller may be gone).
+pub(crate) async fn report_failure(e: ProviderError, model: &str, tx: &mpsc::Sender<LlmEvent>) {
+    tracing::warn!(error = %e, %model, "LLM request failed");
+    let _ = tx.send(LlmEvent::Error(e)).await;
+}
+
+/// Sends the closing events in order, until the receiver goes away.
+pub(crate) async fn send_all(tx: &mpsc::Sender<LlmEvent>, events: Vec<LlmEvent>) {
+    for event in events {
+        if tx.send(event).await.is_err() {
+            break;
+        }
     }
 }
 
@@ -37,62 +54,111 @@ async fn stream_completion(
 ) -> Result<(), ProviderError> {
     let url = format!("{}/chat/completions", params.base_url.trim_end_matches('/'));
     let send = http.post(&url).bearer_auth(&params.api_key).json(&request_body(req)).send();
-    let mut resp = tokio::time::timeout(params.idle_timeout, send)
-        .await
-        .map_err(|_| timeout("waiting for response headers"))?
-        .map_err(|e| ProviderError::Connect { provider: PROVIDER, detail: error_chain(&e) })?;
+    let resp = send_bounded(PROVIDER, params.idle_timeout, send).await?;
     if !resp.status().is_success() {
         return Err(status_error(resp, params).await);
     }
 
-    let mut parser = SseParser::default();
     let mut acc = Accumulator::default();
-    loop {
-        let chunk = tokio::time::timeout(params.idle_timeout, resp.chunk())
-            .await
-            .map_err(|_| timeout("waiting for the next chunk"))?
-            .map_err(|e| ProviderError::Closed { provider: PROVIDER, detail: error_chain(&e) })?;
-        let (payloads, body_ended) = match chunk {
-            Some(bytes) => (parser.feed(&bytes)?, false),
-            // A final event may lack its blank-line terminator.
-            None => (parser.finish().into_iter().collect(), true),
-        };
-        for data in payloads {
-            if let Some(token) = acc.on_data(&data)? {
-                if tx.send(LlmEvent::Token(token)).await.is_err() {
-                    return Ok(());
-                }
-            }
-            if acc.done {
-                return emit_end(acc, tx).await;
-            }
-        }
-        if body_ended {
-            break;
-        }
+    if !SseBody::new(PROVIDER, resp, params.idle_timeout).pump(&mut acc, tx).await? {
+        return Ok(());
     }
     // No `[DONE]`: still a usable answer if the model said it had finished.
-    if acc.finish_reason.is_some() {
-        return emit_end(acc, tx).await;
+    if !acc.done && acc.finish_reason.is_none() {
+        return Err(ProviderError::Closed { provider: PROVIDER, detail: "stream ended before [DONE]".into() });
     }
-    Err(ProviderError::Closed { provider: PROVIDER, detail: "stream ended before [DONE]".into() })
-}
-
-async fn emit_end(acc: Accumulator, tx: &mpsc::Sender<LlmEvent>) -> Result<(), ProviderError> {
-    for event in acc.into_events() {
-        if tx.send(event).await.is_err() {
-            break;
-        }
-    }
+    let cache = req.prompt_cache.as_ref().map(|_| CacheReport::from_usage(acc.usage.as_ref()));
+    send_all(tx, acc.into_events(cache)).await;
     Ok(())
 }
 
-fn timeout(what: &str) -> ProviderError {
-    ProviderError::Timeout { provider: PROVIDER, what: what.to_string() }
+/// Sends a request, bounded by `wait` up to the response headers.
+pub(crate) async fn send_bounded(
+    provider: &'static str,
+    wait: Duration,
+    send: impl std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+) -> Result<reqwest::Response, ProviderError> {
+    tokio::time::timeout(wait, send)
+        .await
+        .map_err(|_| ProviderError::Timeout { provider, what: "waiting for response headers".into() })?
+        .map_err(|e| ProviderError::Connect { provider, detail: error_chain(&e) })
+}
+
+/// The SSE payloads of a streaming response body, each read bounded by the idle timeout.
+pub(crate) struct SseBody {
+    provider: &'static str,
+    resp: reqwest::Response,
+    parser: SseParser,
+    idle_timeout: Duration,
+    ended: bool,
+}
+
+impl SseBody {
+    pub(crate) fn new(provider: &'static str, resp: reqwest::Response, idle_timeout: Duration) -> Self {
+        Self { provider, resp, parser: SseParser::new(provider), idle_timeout, ended: false }
+    }
+
+    /// The payloads completed by the next piece of the body; `None` once the body has ended
+    /// (its last payloads were returned before).
+    pub(crate) async fn next(&mut self) -> Result<Option<Vec<String>>, ProviderError> {
+        if self.ended {
+            return Ok(None);
+        }
+        let provider = self.provider;
+        let chunk = tokio::time::timeout(self.idle_timeout, self.resp.chunk())
+            .await
+            .map_err(|_| ProviderError::Timeout { provider, what: "waiting for the next chunk".into() })?
+            .map_err(|e| ProviderError::Closed { provider, detail: error_chain(&e) })?;
+        match chunk {
+            Some(bytes) => Ok(Some(self.parser.feed(&bytes)?)),
+            None => {
+                self.ended = true;
+                // A final event may lack its blank-line terminator.
+                Ok(Some(self.parser.finish().into_iter().collect()))
+            }
+        }
+    }
+
+    /// Body lines that were not SSE fields (an error body sent without `data:` framing).
+    pub(crate) fn stray_text(&self) -> &str {
+        &self.parser.stray
+    }
+
+    /// Feeds every payload to `state` and sends its text as tokens, until the body ends or the
+    /// state has seen the vendor's end marker. `Ok(false)`: the receiver went away.
+    pub(crate) async fn pump(
+        &mut self,
+        state: &mut impl StreamState,
+        tx: &mpsc::Sender<LlmEvent>,
+    ) -> Result<bool, ProviderError> {
+        while let Some(payloads) = self.next().await? {
+            for data in payloads {
+                if let Some(text) = state.on_data(&data)? {
+                    if tx.send(LlmEvent::Token(text)).await.is_err() {
+                        return Ok(false);
+                    }
+                }
+                if state.finished() {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// One response's state across its SSE payloads.
+pub(crate) trait StreamState {
+    /// Apply one payload; its text delta, if any.
+    fn on_data(&mut self, data: &str) -> Result<Option<String>, ProviderError>;
+    /// The vendor's end marker was seen: read no further.
+    fn finished(&self) -> bool {
+        false
+    }
 }
 
 /// reqwest's Display hides the cause ("error sending request"); the chain says why.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -104,18 +170,28 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Non-2xx: keep the first 2 KB of the body (the vendor's error JSON), bounded in time too.
-async fn status_error(mut resp: reqwest::Response, params: &LlmParams) -> ProviderError {
+async fn status_error(resp: reqwest::Response, params: &LlmParams) -> ProviderError {
     let status = resp.status().as_u16();
+    let body = error_body(resp, params.idle_timeout).await;
+    ProviderError::Status { provider: PROVIDER, status, body }
+}
+
+/// The first 2 KB of an error response's body, each read bounded by `wait`.
+pub(crate) async fn error_body(resp: reqwest::Response, wait: Duration) -> String {
+    body_text(resp, wait, MAX_ERROR_BODY).await
+}
+
+/// The first `max` bytes of a response's body as text, each read bounded by `wait`.
+pub(crate) async fn body_text(mut resp: reqwest::Response, wait: Duration, max: usize) -> String {
     let mut body = Vec::new();
-    while body.len() < MAX_ERROR_BODY {
-        match tokio::time::timeout(params.idle_timeout, resp.chunk()).await {
+    while body.len() < max {
+        match tokio::time::timeout(wait, resp.chunk()).await {
             Ok(Ok(Some(bytes))) => body.extend_from_slice(&bytes),
             _ => break,
         }
     }
-    body.truncate(MAX_ERROR_BODY);
-    let body = truncate(String::from_utf8_lossy(&body).into_owned(), MAX_ERROR_BODY);
-    ProviderError::Status { provider: PROVIDER, status, body }
+    body.truncate(max);
+    truncate(String::from_utf8_lossy(&body).into_owned(), max)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -126,10 +202,31 @@ pub(crate) fn request_body(req: &ChatRequest) -> Value {
     body.insert("model".into(), json!(req.model));
     body.insert("stream".into(), json!(true));
     body.insert("stream_options".into(), json!({ "include_usage": true }));
-    body.insert("messages".into(), Value::Array(req.messages.iter().map(message_json).collect()));
+    let mut messages = Vec::with_capacity(req.messages.len() + 1);
+    match &req.prompt_cache {
+        // The cacheable block first: OpenAI caches the longest prefix it has seen before.
+        Some(cache) => {
+            let system = split_system(req);
+            let text = system.joined();
+            if !text.is_empty() {
+                messages.push(json!({ "role": "system", "content": text }));
+            }
+            messages.extend(system.conversation.iter().map(message_json));
+            let key = cache.openai_key.clone().unwrap_or_else(|| format!("{}:{}", cache.key, cache.static_version));
+            body.insert("prompt_cache_key".into(), json!(key));
+            if let Some(retention) = &cache.retention {
+                body.insert("prompt_cache_retention".into(), json!(retention));
+            }
+        }
+        None => messages.extend(req.messages.iter().map(message_json)),
+    }
+    body.insert("messages".into(), Value::Array(messages));
     if !req.tools.is_empty() {
-        body.insert("tools".into(), Value::Array(req.tools.clone()));
+        body.insert("tools".into(), Value::Array(req.tools.iter().map(ToolSpec::to_openai_json).collect()));
         body.insert("tool_choice".into(), json!("auto"));
+    }
+    if let Some(format) = response_format(&req.response) {
+        body.insert("response_format".into(), format);
     }
     if let Some(t) = req.temperature {
         body.insert("temperature".into(), json!(f32_to_f64(t)));
@@ -143,8 +240,21 @@ pub(crate) fn request_body(req: &ChatRequest) -> Value {
     Value::Object(body)
 }
 
+/// `response_format` (platform.openai.com/docs/guides/structured-outputs): JSON mode, or
+/// Structured Outputs when a schema is given. Not `strict`: a schema from a bot's prompt need
+/// not meet strict mode's subset of JSON Schema. Text is the default and is not sent.
+fn response_format(format: &ResponseFormat) -> Option<Value> {
+    match format {
+        ResponseFormat::Text => None,
+        ResponseFormat::Json { schema: None } => Some(json!({"type": "json_object"})),
+        ResponseFormat::Json { schema: Some(schema) } => {
+            Some(json!({"type": "json_schema", "json_schema": {"name": "response", "schema": schema}}))
+        }
+    }
+}
+
 /// `0.3f32 as f64` is 0.30000001192…; go through the shortest decimal form instead.
-fn f32_to_f64(v: f32) -> f64 {
+pub(crate) fn f32_to_f64(v: f32) -> f64 {
     v.to_string().parse().unwrap_or(f64::from(v))
 }
 
@@ -188,22 +298,46 @@ fn message_json(msg: &ChatMessage) -> Value {
 
 /// Incremental `text/event-stream` parser. Works on bytes and decodes only whole lines, so a
 /// network split in the middle of a line or a UTF-8 sequence is harmless.
-#[derive(Default)]
 pub(crate) struct SseParser {
+    /// Named in the errors it returns.
+    provider: &'static str,
     buf: Vec<u8>,
     /// Bytes of `buf` already known to hold no newline.
     scanned: usize,
     data: String,
     has_data: bool,
     total: usize,
+    /// The first lines that were no SSE field (bounded): an error body sent without framing.
+    stray: String,
 }
 
+impl Default for SseParser {
+    fn default() -> Self {
+        Self::new(PROVIDER)
+    }
+}
+
+/// How much of the unframed body an [`SseParser`] keeps for the error it may hold.
+const MAX_STRAY_BYTES: usize = 16 * 1024;
+
 impl SseParser {
+    pub(crate) fn new(provider: &'static str) -> Self {
+        Self {
+            provider,
+            buf: Vec::new(),
+            scanned: 0,
+            data: String::new(),
+            has_data: false,
+            total: 0,
+            stray: String::new(),
+        }
+    }
+
     /// Feed raw body bytes; returns the `data` payloads of the events completed by them.
     pub(crate) fn feed(&mut self, bytes: &[u8]) -> Result<Vec<String>, ProviderError> {
         self.total += bytes.len();
         if self.total > MAX_RESPONSE_BYTES {
-            return Err(protocol(format!("response larger than {MAX_RESPONSE_BYTES} bytes")));
+            return Err(self.protocol(format!("response larger than {MAX_RESPONSE_BYTES} bytes")));
         }
         self.buf.extend_from_slice(bytes);
         let mut events = Vec::new();
@@ -211,7 +345,7 @@ impl SseParser {
         while let Some(pos) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
             let end = self.scanned + pos;
             if end - start > MAX_LINE_BYTES {
-                return Err(protocol(format!("SSE line longer than {MAX_LINE_BYTES} bytes")));
+                return Err(self.protocol(format!("SSE line longer than {MAX_LINE_BYTES} bytes")));
             }
             let line = self.buf[start..end].strip_suffix(b"\r").unwrap_or(&self.buf[start..end]);
             let line = String::from_utf8_lossy(line).into_owned();
@@ -224,7 +358,7 @@ impl SseParser {
         self.buf.drain(..start);
         self.scanned -= start;
         if self.buf.len() > MAX_LINE_BYTES {
-            return Err(protocol(format!("SSE line longer than {MAX_LINE_BYTES} bytes")));
+            return Err(self.protocol(format!("SSE line longer than {MAX_LINE_BYTES} bytes")));
         }
         Ok(events)
     }
@@ -252,19 +386,27 @@ impl SseParser {
             return None; // comment / keep-alive
         }
         let (field, value) = line.split_once(':').unwrap_or((line, ""));
-        if field == "data" {
-            if self.has_data {
-                self.data.push('\n');
+        match field {
+            "data" => {
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.data.push_str(value.strip_prefix(' ').unwrap_or(value));
+                self.has_data = true;
             }
-            self.data.push_str(value.strip_prefix(' ').unwrap_or(value));
-            self.has_data = true;
+            "event" | "id" | "retry" => {}
+            _ if self.stray.len() + line.len() < MAX_STRAY_BYTES => {
+                self.stray.push_str(line);
+                self.stray.push('\n');
+            }
+            _ => {}
         }
         None
     }
-}
 
-fn protocol(detail: String) -> ProviderError {
-    ProviderError::Protocol { provider: PROVIDER, detail }
+    fn protocol(&self, detail: String) -> ProviderError {
+        ProviderError::Protocol { provider: self.provider, detail }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -327,6 +469,8 @@ impl From<UsageJson> for Usage {
             total_tokens: u.total_tokens.unwrap_or(0),
             cached_tokens: details.as_ref().and_then(|d| d.cached_tokens).unwrap_or(0),
             cache_write_tokens: details.as_ref().and_then(|d| d.cache_write_tokens).unwrap_or(0),
+            // OpenAI counts reasoning inside `completion_tokens`.
+            thoughts_tokens: 0,
         }
     }
 }
@@ -341,9 +485,19 @@ pub(crate) struct Accumulator {
     done: bool,
 }
 
+impl StreamState for Accumulator {
+    fn on_data(&mut self, data: &str) -> Result<Option<String>, ProviderError> {
+        self.apply(data)
+    }
+
+    fn finished(&self) -> bool {
+        self.done
+    }
+}
+
 impl Accumulator {
     /// Apply one event payload; returns the content delta, if any.
-    pub(crate) fn on_data(&mut self, data: &str) -> Result<Option<String>, ProviderError> {
+    pub(crate) fn apply(&mut self, data: &str) -> Result<Option<String>, ProviderError> {
         if data.trim() == "[DONE]" {
             self.done = true;
             return Ok(None);
@@ -416,12 +570,13 @@ impl Accumulator {
         }
     }
 
-    /// `ToolCalls` (if any) then `Done`.
-    pub(crate) fn into_events(self) -> Vec<LlmEvent> {
-        let mut events = Vec::with_capacity(2);
+    /// `ToolCalls` (if any), the cache report (if any), then `Done`.
+    pub(crate) fn into_events(self, cache: Option<CacheReport>) -> Vec<LlmEvent> {
+        let mut events = Vec::with_capacity(3);
         if !self.tool_calls.is_empty() {
             events.push(LlmEvent::ToolCalls(self.tool_calls.into_values().collect()));
         }
+        events.extend(cache.map(LlmEvent::Cache));
         events.push(LlmEvent::Done { finish_reason: self.finish_reason, usage: self.usage });
         events
     }
@@ -477,6 +632,44 @@ mod tests {
     }
 
     #[test]
+    fn prompt_cache_hints() {
+        let mut req = ChatRequest {
+            model: "m".into(),
+            messages: vec![ChatMessage::System("notes".into()), ChatMessage::User("hi".into())],
+            prompt_cache: Some(cxb_wire::llm::PromptCache {
+                key: "bot-1".into(),
+                static_system: "STATIC".into(),
+                dynamic_system: "DYN".into(),
+                static_version: "v2".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let body = request_body(&req);
+        assert_eq!(body["messages"][0], json!({"role": "system", "content": "STATIC\n\nDYN\n\nnotes"}));
+        assert_eq!(body["messages"][1], json!({"role": "user", "content": "hi"}));
+        assert_eq!(body["prompt_cache_key"], "bot-1:v2");
+        assert!(body.get("prompt_cache_retention").is_none());
+        if let Some(cache) = &mut req.prompt_cache {
+            cache.openai_key = Some("custom".into());
+            cache.retention = Some("24h".into());
+        }
+        let body = request_body(&req);
+        assert_eq!(
+            (body["prompt_cache_key"].as_str(), body["prompt_cache_retention"].as_str()),
+            (Some("custom"), Some("24h"))
+        );
+
+        let mut acc = Accumulator::default();
+        acc.apply(r#"{"choices":[],"usage":{"prompt_tokens":2000,"completion_tokens":5,"total_tokens":2005,"prompt_tokens_details":{"cached_tokens":1920}}}"#).unwrap();
+        acc.apply(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#).unwrap();
+        let report = CacheReport::from_usage(acc.usage.as_ref());
+        let events = acc.into_events(Some(report));
+        assert!(matches!(&events[0], LlmEvent::Cache(r) if r.status == crate::prompt_cache::CacheStatus::Hit));
+        assert!(matches!(events[1], LlmEvent::Done { .. }));
+    }
+
+    #[test]
     fn body_shape() {
         let req = ChatRequest {
             model: "m".into(),
@@ -498,7 +691,25 @@ mod tests {
         let body = request_body(&req);
         assert_eq!(body["temperature"], json!(0.3));
         assert!(body.get("tools").is_none() && body.get("tool_choice").is_none());
+        assert!(body.get("response_format").is_none(), "text is the default");
         assert!(body["messages"][0].get("content").is_none());
         assert_eq!(body["messages"][0]["tool_calls"][0]["function"]["name"], "end_call");
+    }
+
+    #[test]
+    fn json_output_renders_response_format() {
+        let json_mode = ChatRequest { response: ResponseFormat::Json { schema: None }, ..Default::default() };
+        assert_eq!(request_body(&json_mode)["response_format"], json!({"type": "json_object"}));
+        let schema = json!({"type": "object", "properties": {"DISPOSITION": {"type": "string"}}});
+        let structured =
+            ChatRequest { response: ResponseFormat::Json { schema: Some(schema.clone()) }, ..Default::default() };
+        assert_eq!(
+            request_body(&structured)["response_format"],
+            json!({"type": "json_schema", "json_schema": {"name": "response", "schema": schema}})
+        );
+        // A vendor parameter in `extra` still has the last word.
+        let mut overridden = json_mode.clone();
+        overridden.extra.insert("response_format".into(), json!({"type": "text"}));
+        assert_eq!(request_body(&overridden)["response_format"], json!({"type": "text"}));
     }
 }

@@ -1,4 +1,5 @@
-//! Streaming speech-to-text. API (implementation: Deepgram live v1, wire-protocols §3).
+//! Streaming speech-to-text. API (vendors: [`crate::registry`]; Deepgram live v1 and Flux v2,
+//! wire-protocols §3).
 //!
 //! ```text
 //! let (handle, mut events) = stt::connect(&params).await?;   // bounded by params.connect_timeout
@@ -13,12 +14,13 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
+use crate::registry::{self, Client, Kind};
 use crate::ProviderError;
 
 /// Connection parameters, resolved from the bot config's `stt` block plus worker settings.
 #[derive(Debug, Clone)]
 pub struct SttParams {
-    /// `deepgram` (aliases resolved by the caller).
+    /// A vendor name or alias of the registry (`deepgram`, `deepgram_flux`, ...).
     pub provider: String,
     /// API root as the vendor SDK takes it, e.g. `wss://api.deepgram.com` (the client adds `/v1/listen`).
     pub base_url: String,
@@ -99,81 +101,13 @@ impl SttHandle {
     }
 }
 
-/// Open a streaming STT session. A Deepgram `flux-*` model (or provider `deepgram_flux`) opens
-/// the turn-detecting v2 stream, adapted to the same events: `StartOfTurn` → `SpeechStarted`,
-/// `Update` → interim transcript, `EndOfTurn` → final transcript with `speech_final` plus
-/// `UtteranceEnd`, so the STT's own turn decision closes the caller's turn.
+/// Open a streaming STT session with the vendor the registry resolves `params.provider` (and,
+/// for Deepgram, `params.model`: a `flux-*` model opens the turn-detecting v2 stream) to.
 pub async fn connect(params: &SttParams) -> Result<(SttHandle, mpsc::Receiver<SttEvent>), ProviderError> {
-    match params.provider.as_str() {
-        "deepgram" if params.model.starts_with("flux") => connect_flux(params).await,
-        "deepgram_flux" => connect_flux(params).await,
-        "deepgram" => crate::stt_deepgram::connect(params).await,
-        other => Err(ProviderError::Unsupported(other.to_string())),
+    let vendor = registry::resolve(Kind::Stt, &params.provider, &params.model)?;
+    vendor.warn_unless_native(params.sample_rate);
+    match vendor.client {
+        Client::Stt(connect) => connect(params).await,
+        Client::Llm(_) | Client::Tts(_) => unreachable!("resolve(Kind::Stt, ..) yields STT vendors"),
     }
-}
-
-/// Is this the turn-detecting STT (whose end-of-turn events decide when the caller is done)?
-pub fn detects_turns(params: &SttParams) -> bool {
-    params.provider == "deepgram_flux" || (params.provider == "deepgram" && params.model.starts_with("flux"))
-}
-
-async fn connect_flux(params: &SttParams) -> Result<(SttHandle, mpsc::Receiver<SttEvent>), ProviderError> {
-    use crate::stt_flux::{self, FluxEvent};
-    let (flux, mut flux_rx) = stt_flux::connect(params).await?;
-    let (cmd_tx, mut cmd_rx) = mpsc::channel::<SttCommand>(64);
-    let (ev_tx, ev_rx) = mpsc::channel::<SttEvent>(64);
-    let provider = stt_flux::PROVIDER;
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                cmd = cmd_rx.recv() => match cmd {
-                    Some(SttCommand::Audio(bytes)) => {
-                        if let Err(e) = flux.send_linear16(bytes) {
-                            let _ = ev_tx.send(SttEvent::Error(e)).await;
-                            return;
-                        }
-                    }
-                    // Flux decides turn ends itself; there is nothing to flush.
-                    Some(SttCommand::Finalize) => {}
-                    Some(SttCommand::Close) | None => flux.close(),
-                },
-                ev = flux_rx.recv() => {
-                    let mapped: Vec<SttEvent> = match ev {
-                        Some(FluxEvent::StartOfTurn(_)) => vec![SttEvent::SpeechStarted],
-                        Some(FluxEvent::Update(t)) if !t.transcript.trim().is_empty() => vec![SttEvent::Transcript(Transcript {
-                            text: t.transcript,
-                            is_final: false,
-                            speech_final: false,
-                            from_finalize: false,
-                            confidence: 1.0,
-                            start: t.audio_window_start,
-                            duration: (t.audio_window_end - t.audio_window_start).max(0.0),
-                        })],
-                        Some(FluxEvent::EndOfTurn(t)) => vec![
-                            SttEvent::Transcript(Transcript {
-                                confidence: t.end_of_turn_confidence,
-                                text: t.transcript,
-                                is_final: true,
-                                speech_final: true,
-                                from_finalize: false,
-                                start: t.audio_window_start,
-                                duration: (t.audio_window_end - t.audio_window_start).max(0.0),
-                            }),
-                            SttEvent::UtteranceEnd,
-                        ],
-                        Some(FluxEvent::Error(e)) => vec![SttEvent::Error(e)],
-                        Some(FluxEvent::Closed) | None => vec![SttEvent::Closed],
-                        Some(_) => vec![],
-                    };
-                    for m in mapped {
-                        let terminal = matches!(m, SttEvent::Error(_) | SttEvent::Closed);
-                        if ev_tx.send(m).await.is_err() || terminal {
-                            return;
-                        }
-                    }
-                }
-            }
-        }
-    });
-    Ok((SttHandle { tx: cmd_tx, provider }, ev_rx))
 }

@@ -1,25 +1,23 @@
 //! Deepgram live STT v1 (`/v1/listen`, wire-protocols §3).
 //!
-//! One spawned task owns the socket: it forwards caller audio as binary frames, keeps the stream
-//! alive with `KeepAlive` while no audio flows, and turns server JSON into [`SttEvent`]s.
+//! The shared STT session loop ([`crate::stt_session`]) owns the socket: caller audio goes as
+//! binary frames, `KeepAlive` keeps the stream alive while no audio flows, and server JSON
+//! becomes [`SttEvent`]s.
 
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::Message;
 use url::Url;
 
-use crate::stt::{SttCommand, SttEvent, SttHandle, SttParams, Transcript};
-use crate::ws::{self, WsStream};
+use crate::stt::{SttEvent, SttHandle, SttParams, Transcript};
+use crate::stt_session::{self, Dialect, Parsed, Timing};
+use crate::ws;
 use crate::ProviderError;
 
-const PROVIDER: &str = "deepgram";
-const COMMAND_QUEUE: usize = 512;
-const EVENT_QUEUE: usize = 256;
+const PROVIDER: &str = crate::registry::DEEPGRAM.name;
 
 /// Query parameters we always set ourselves: the engine depends on interim results and VAD
 /// events, and the audio format is dictated by what `send_audio` produces.
@@ -30,23 +28,12 @@ const DEFAULTED_PARAMS: &[&str] = &["endpointing", "utterance_end_ms", "smart_fo
 /// `stt.extra` keys read by the engine, not by Deepgram; sending them would be noise at best.
 const ENGINE_ONLY_KEYS: &[&str] = &["should_interrupt", "min_confidence"];
 
-/// Timers of the session. Tests shorten them; production uses [`Timing::default`].
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Timing {
-    /// Send `KeepAlive` after this long without audio (Deepgram drops the stream after 10 s).
-    pub keepalive: Duration,
-    /// How long to wait for the server's final results and close after `CloseStream`.
-    pub close_wait: Duration,
-}
-
-impl Default for Timing {
-    fn default() -> Self {
-        Self { keepalive: Duration::from_secs(4), close_wait: Duration::from_secs(2) }
-    }
-}
+/// `KeepAlive` after 4 s without audio (Deepgram drops the stream after 10 s); up to 2 s for
+/// the last results and the close after `CloseStream`.
+const TIMING: Timing = Timing { keepalive: Duration::from_secs(4), close_wait: Duration::from_secs(2) };
 
 pub(crate) async fn connect(params: &SttParams) -> Result<(SttHandle, mpsc::Receiver<SttEvent>), ProviderError> {
-    connect_with(params, Timing::default()).await
+    connect_with(params, TIMING).await
 }
 
 pub(crate) async fn connect_with(
@@ -56,10 +43,7 @@ pub(crate) async fn connect_with(
     let url = listen_url(params)?;
     let auth = format!("Token {}", params.api_key);
     let socket = ws::connect(PROVIDER, &url, &[("authorization", auth)], params.connect_timeout).await?;
-    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
-    let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
-    tokio::spawn(Session { ws: socket, cmd_rx, ev_tx, timing }.run());
-    Ok((SttHandle { tx: cmd_tx, provider: PROVIDER }, ev_rx))
+    Ok(stt_session::spawn(socket, Deepgram, timing))
 }
 
 /// `{base}/v1/listen?…` with our fixed parameters, defaults, and every scalar `extra` key.
@@ -129,120 +113,40 @@ fn number_text(n: &serde_json::Number) -> String {
     }
 }
 
-/// Why the session loop stopped.
-enum End {
-    /// Graceful close after `CloseStream`.
-    Closed,
-    Failed(ProviderError),
-    /// Nobody listens to events any more; just drop the socket.
-    ReceiverGone,
+/// Deepgram's frames on the shared session loop.
+struct Deepgram;
+
+fn control(kind: &str) -> Message {
+    Message::text(json!({ "type": kind }).to_string())
 }
 
-struct Session {
-    ws: WsStream,
-    cmd_rx: mpsc::Receiver<SttCommand>,
-    ev_tx: mpsc::Sender<SttEvent>,
-    timing: Timing,
-}
+impl Dialect for Deepgram {
+    const PROVIDER: &'static str = PROVIDER;
 
-impl Session {
-    async fn run(mut self) {
-        let terminal = match self.pump().await {
-            End::Closed => SttEvent::Closed,
-            End::Failed(e) => {
-                tracing::warn!(error = %e, "deepgram stream failed");
-                SttEvent::Error(e)
-            }
-            End::ReceiverGone => return,
-        };
-        let _ = self.ev_tx.send(terminal).await;
+    // An empty binary frame is Deepgram's legacy "close stream" signal; the loop never sends one.
+    fn audio(&mut self, bytes: Vec<u8>) -> Message {
+        Message::binary(bytes)
     }
 
-    async fn pump(&mut self) -> End {
-        let mut keepalive_at = Instant::now() + self.timing.keepalive;
-        loop {
-            tokio::select! {
-                cmd = self.cmd_rx.recv() => {
-                    let sent = match cmd {
-                        Some(SttCommand::Audio(bytes)) => {
-                            keepalive_at = Instant::now() + self.timing.keepalive;
-                            self.send_audio(bytes).await
-                        }
-                        Some(SttCommand::Finalize) => self.send_control("Finalize").await,
-                        // Every handle dropped counts as a close: nobody can send audio any more.
-                        Some(SttCommand::Close) | None => return self.close_stream().await,
-                    };
-                    if let Err(e) = sent {
-                        return End::Failed(e);
-                    }
-                }
-                msg = self.ws.next() => {
-                    if let Some(end) = self.on_message(msg).await {
-                        return end;
-                    }
-                }
-                _ = tokio::time::sleep_until(keepalive_at) => {
-                    keepalive_at = Instant::now() + self.timing.keepalive;
-                    if let Err(e) = self.send_control("KeepAlive").await {
-                        return End::Failed(e);
-                    }
-                }
-            }
-        }
+    fn finalize(&mut self) -> Option<Message> {
+        Some(control("Finalize"))
     }
 
-    async fn send_audio(&mut self, bytes: Vec<u8>) -> Result<(), ProviderError> {
-        // An empty binary frame is Deepgram's legacy "close stream" signal: never send one.
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        self.ws.send(Message::binary(bytes)).await.map_err(|e| ws::socket_error(PROVIDER, e))
+    fn keepalive(&mut self) -> Message {
+        control("KeepAlive")
     }
 
-    async fn send_control(&mut self, kind: &str) -> Result<(), ProviderError> {
-        ws::send_json(PROVIDER, &mut self.ws, &json!({ "type": kind })).await
+    /// `CloseStream`: Deepgram sends its last results and closes.
+    fn end_of_stream(&mut self) -> Option<Message> {
+        Some(control("CloseStream"))
     }
 
-    /// Handle one read from the socket; `Some` ends the session.
-    async fn on_message(&mut self, msg: Option<Result<Message, tungstenite::Error>>) -> Option<End> {
-        match msg {
-            None => Some(End::Failed(ProviderError::Closed { provider: PROVIDER, detail: "socket ended".into() })),
-            Some(Err(e)) => Some(End::Failed(ws::socket_error(PROVIDER, e))),
-            Some(Ok(Message::Close(frame))) => Some(End::Failed(ws::unexpected_close(PROVIDER, frame.as_ref()))),
-            Some(Ok(Message::Text(text))) => {
-                let event = parse_server_message(text.as_str())?;
-                self.ev_tx.send(event).await.err().map(|_| End::ReceiverGone)
-            }
-            Some(Ok(_)) => None,
-        }
+    fn on_text(&mut self, text: &str) -> Parsed {
+        Parsed { events: parse_server_message(text).into_iter().collect(), finished: false }
     }
 
-    /// `CloseStream`, then forward the server's last results until it closes (bounded).
-    async fn close_stream(&mut self) -> End {
-        if let Err(e) = self.send_control("CloseStream").await {
-            tracing::debug!(error = %e, "deepgram socket already gone at close");
-            return End::Closed;
-        }
-        let deadline = Instant::now() + self.timing.close_wait;
-        loop {
-            match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => {
-                    tracing::debug!("deepgram did not close the stream in time");
-                    break;
-                }
-                Ok(Some(Ok(Message::Text(text)))) => {
-                    if let Some(event) = parse_server_message(text.as_str()) {
-                        if self.ev_tx.send(event).await.is_err() {
-                            return End::ReceiverGone;
-                        }
-                    }
-                }
-                Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) => break,
-                Ok(Some(Ok(_))) => {}
-            }
-        }
-        ws::close_quietly(&mut self.ws).await;
-        End::Closed
+    fn on_end(&mut self) -> Vec<SttEvent> {
+        Vec::new()
     }
 }
 
@@ -325,7 +229,6 @@ fn parse_results(text: &str) -> Option<SttEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::TcpListener;
 
     fn params(base_url: String, extra: Value) -> SttParams {
         SttParams {
@@ -365,26 +268,11 @@ mod tests {
     /// KeepAlive goes out when no audio flows; tested here with a short interval.
     #[tokio::test]
     async fn keepalive_when_idle() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("ws://{}", listener.local_addr().unwrap());
-        let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-            let mut texts = Vec::new();
-            while let Some(Ok(msg)) = ws.next().await {
-                if let Message::Text(t) = msg {
-                    texts.push(t.to_string());
-                    if texts.len() == 2 {
-                        break;
-                    }
-                }
-            }
-            texts
-        });
-        let timing = Timing { keepalive: Duration::from_millis(50), close_wait: Duration::from_millis(200) };
-        let (handle, _events) = connect_with(&params(base, json!({})), timing).await.unwrap();
-        let texts = tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap();
+        let texts = stt_session::tests::texts_while_idle(2, |base| async move {
+            let timing = Timing { keepalive: Duration::from_millis(50), close_wait: Duration::from_millis(200) };
+            connect_with(&params(base, json!({})), timing).await
+        })
+        .await;
         assert_eq!(texts, vec![r#"{"type":"KeepAlive"}"#; 2]);
-        drop(handle);
     }
 }

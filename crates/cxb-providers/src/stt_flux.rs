@@ -27,14 +27,14 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{self, Message};
 use url::Url;
 
-use crate::stt::SttParams;
+use crate::stt::{SttCommand, SttEvent, SttHandle, SttParams, Transcript};
 use crate::ws::{self, WsStream};
 use crate::ProviderError;
 
 /// Vendor label for errors and metrics.
-pub const PROVIDER: &str = "deepgram_flux";
+pub const PROVIDER: &str = crate::registry::DEEPGRAM_FLUX.name;
 /// The model used when the bot config names a non-Flux model (Flux rejects anything else).
-pub const DEFAULT_MODEL: &str = "flux-general-en";
+pub const DEFAULT_MODEL: &str = crate::registry::DEEPGRAM_FLUX.default_model;
 /// The only Flux model that takes `language_hint`.
 pub const MULTILINGUAL_MODEL: &str = "flux-general-multi";
 
@@ -337,6 +337,69 @@ impl FluxHandle {
             }
         })
     }
+}
+
+/// Flux behind the generic STT API ([`crate::stt::connect`] for `deepgram_flux`): `StartOfTurn` →
+/// `SpeechStarted`, `Update` → interim transcript, `EndOfTurn` → final transcript with
+/// `speech_final` plus `UtteranceEnd`, so the STT's own turn decision closes the caller's turn.
+pub(crate) async fn connect_stt(params: &SttParams) -> Result<(SttHandle, mpsc::Receiver<SttEvent>), ProviderError> {
+    let (flux, mut flux_rx) = connect(params).await?;
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<SttCommand>(64);
+    let (ev_tx, ev_rx) = mpsc::channel::<SttEvent>(64);
+    let provider = PROVIDER;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                cmd = cmd_rx.recv() => match cmd {
+                    Some(SttCommand::Audio(bytes)) => {
+                        if let Err(e) = flux.send_linear16(bytes) {
+                            let _ = ev_tx.send(SttEvent::Error(e)).await;
+                            return;
+                        }
+                    }
+                    // Flux decides turn ends itself; there is nothing to flush.
+                    Some(SttCommand::Finalize) => {}
+                    Some(SttCommand::Close) | None => flux.close(),
+                },
+                ev = flux_rx.recv() => {
+                    let mapped: Vec<SttEvent> = match ev {
+                        Some(FluxEvent::StartOfTurn(_)) => vec![SttEvent::SpeechStarted],
+                        Some(FluxEvent::Update(t)) if !t.transcript.trim().is_empty() => vec![SttEvent::Transcript(Transcript {
+                            text: t.transcript,
+                            is_final: false,
+                            speech_final: false,
+                            from_finalize: false,
+                            confidence: 1.0,
+                            start: t.audio_window_start,
+                            duration: (t.audio_window_end - t.audio_window_start).max(0.0),
+                        })],
+                        Some(FluxEvent::EndOfTurn(t)) => vec![
+                            SttEvent::Transcript(Transcript {
+                                confidence: t.end_of_turn_confidence,
+                                text: t.transcript,
+                                is_final: true,
+                                speech_final: true,
+                                from_finalize: false,
+                                start: t.audio_window_start,
+                                duration: (t.audio_window_end - t.audio_window_start).max(0.0),
+                            }),
+                            SttEvent::UtteranceEnd,
+                        ],
+                        Some(FluxEvent::Error(e)) => vec![SttEvent::Error(e)],
+                        Some(FluxEvent::Closed) | None => vec![SttEvent::Closed],
+                        Some(_) => vec![],
+                    };
+                    for m in mapped {
+                        let terminal = matches!(m, SttEvent::Error(_) | SttEvent::Closed);
+                        if ev_tx.send(m).await.is_err() || terminal {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    Ok((SttHandle { tx: cmd_tx, provider }, ev_rx))
 }
 
 /// Open a Flux stream. `params.provider` is not consulted; `params.model` is used when it names a

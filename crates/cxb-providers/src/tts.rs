@@ -1,5 +1,5 @@
-//! Streaming text-to-speech. API (implementations: Cartesia `/tts/websocket` and ElevenLabs
-//! `stream-input`, wire-protocols §5). Raw PCM s16le mono at the transport's rate.
+//! Streaming text-to-speech. API (vendors: [`crate::registry`]; Cartesia `/tts/websocket` and
+//! ElevenLabs `stream-input`, wire-protocols §5). Raw PCM s16le mono at the transport's rate.
 //!
 //! ```text
 //! let (handle, mut events) = tts::connect(&params).await?;
@@ -14,11 +14,12 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
+use crate::registry::{self, Client, Kind};
 use crate::ProviderError;
 
 #[derive(Debug, Clone)]
 pub struct TtsParams {
-    /// `cartesia` or `elevenlabs` (aliases resolved by the caller).
+    /// A TTS vendor name or alias of the registry (`cartesia`, `elevenlabs`, ...).
     pub provider: String,
     /// API root as the vendor SDK takes it (`wss://api.cartesia.ai`, `wss://api.elevenlabs.io`).
     pub base_url: String,
@@ -61,12 +62,36 @@ pub enum TtsEvent {
     },
 }
 
+impl TtsEvent {
+    /// The context the event belongs to; `None` for a failure of the whole connection.
+    pub fn context_id(&self) -> Option<&str> {
+        match self {
+            TtsEvent::Audio { context_id, .. } | TtsEvent::Words { context_id, .. } | TtsEvent::Done { context_id } => {
+                Some(context_id)
+            }
+            TtsEvent::Error { context_id, .. } => context_id.as_deref(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum TtsCommand {
     Speak { context_id: String, text: String },
     Flush { context_id: String },
     Cancel { context_id: String },
     Close,
+}
+
+impl TtsCommand {
+    /// The context the command is for; `None` for `Close`.
+    pub fn context_id(&self) -> Option<&str> {
+        match self {
+            TtsCommand::Speak { context_id, .. }
+            | TtsCommand::Flush { context_id }
+            | TtsCommand::Cancel { context_id } => Some(context_id),
+            TtsCommand::Close => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -98,11 +123,12 @@ impl TtsHandle {
     }
 }
 
-/// Open a TTS session for one call.
+/// Open a TTS session for one call with the vendor the registry resolves `params.provider` to.
 pub async fn connect(params: &TtsParams) -> Result<(TtsHandle, mpsc::Receiver<TtsEvent>), ProviderError> {
-    match params.provider.as_str() {
-        "cartesia" => crate::tts_cartesia::connect(params).await,
-        "elevenlabs" => crate::tts_elevenlabs::connect(params).await,
-        other => Err(ProviderError::Unsupported(other.to_string())),
+    let vendor = registry::resolve(Kind::Tts, &params.provider, &params.model)?;
+    vendor.warn_unless_native(params.sample_rate);
+    match vendor.client {
+        Client::Tts(connect) => connect(params).await,
+        Client::Stt(_) | Client::Llm(_) => unreachable!("resolve(Kind::Tts, ..) yields TTS vendors"),
     }
 }

@@ -4,7 +4,6 @@
 //! about five idle minutes and has no keepalive, so a socket lost while no context is active is
 //! silently reopened on the next `speak`; losing it mid-context is terminal.
 
-use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -15,18 +14,16 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use url::Url;
 
 use crate::tts::{TtsCommand, TtsEvent, TtsHandle, TtsParams, WordTiming};
+use crate::tts_context::Contexts;
 use crate::ws::{self, WsStream};
 use crate::ProviderError;
 
-const PROVIDER: &str = "cartesia";
+const PROVIDER: &str = crate::registry::CARTESIA.name;
 /// The API version pipecat pins and the spec documents.
 const API_VERSION: &str = "2026-03-01";
-const DEFAULT_MODEL: &str = "sonic-3";
+const DEFAULT_MODEL: &str = crate::registry::CARTESIA.default_model;
 const COMMAND_QUEUE: usize = 512;
 const EVENT_QUEUE: usize = 256;
-/// Cancelled context ids we remember to drop late commands and messages; a call cancels a
-/// handful of turns, and anything older than this has long gone quiet.
-const REMEMBERED_CLOSED: usize = 64;
 /// `tts.extra` keys forwarded into every generation request.
 const EXTRA_REQUEST_KEYS: &[&str] = &["generation_config", "pronunciation_dict_id", "max_buffer_delay_ms"];
 
@@ -36,14 +33,7 @@ pub(crate) async fn connect(params: &TtsParams) -> Result<(TtsHandle, mpsc::Rece
     let socket = cfg.open().await?;
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
-    let session = Session {
-        cfg,
-        ws: Some(socket),
-        cmd_rx,
-        ev_tx,
-        active: HashMap::new(),
-        closed: VecDeque::with_capacity(REMEMBERED_CLOSED),
-    };
+    let session = Session { cfg, ws: Some(socket), cmd_rx, ev_tx, contexts: Contexts::default() };
     tokio::spawn(session.run());
     Ok((TtsHandle { tx: cmd_tx, provider: PROVIDER }, ev_rx))
 }
@@ -127,10 +117,8 @@ struct Session {
     ws: Option<WsStream>,
     cmd_rx: mpsc::Receiver<TtsCommand>,
     ev_tx: mpsc::Sender<TtsEvent>,
-    /// Contexts spoken into and not yet done, failed or cancelled.
-    active: HashMap<String, Context>,
-    /// Recently cancelled/failed contexts, whose later commands and messages are dropped.
-    closed: VecDeque<String>,
+    /// Contexts spoken into and not yet done, failed or cancelled, and those recently ended.
+    contexts: Contexts<Context>,
 }
 
 impl Session {
@@ -153,13 +141,10 @@ impl Session {
     }
 
     async fn on_command(&mut self, cmd: TtsCommand) -> Flow {
-        let context_id = match &cmd {
-            TtsCommand::Speak { context_id, .. }
-            | TtsCommand::Flush { context_id }
-            | TtsCommand::Cancel { context_id } => context_id.clone(),
-            TtsCommand::Close => return Flow::Stop,
+        let Some(context_id) = cmd.context_id().map(str::to_string) else {
+            return Flow::Stop;
         };
-        if self.closed.contains(&context_id) {
+        if self.contexts.is_closed(&context_id) {
             tracing::debug!(context_id, "dropping command for a closed tts context");
             return Flow::Continue;
         }
@@ -187,11 +172,11 @@ impl Session {
             self.ws = Some(socket);
             match sent {
                 Ok(()) => {
-                    self.active.entry(context_id.to_string()).or_default();
+                    self.contexts.get_or_open(context_id, Context::default);
                     return Flow::Continue;
                 }
                 // Other contexts (or this one) live on this socket: the connection is gone.
-                Err(e) if !self.active.is_empty() => return self.socket_lost(e).await,
+                Err(e) if self.contexts.any_live() => return self.socket_lost(e).await,
                 // An idle socket the server closed may only show up as a failed write.
                 Err(e) if !retried => {
                     tracing::debug!(error = %e, "cartesia idle socket gone; reconnecting");
@@ -207,7 +192,7 @@ impl Session {
     }
 
     async fn flush(&mut self, context_id: &str) -> Flow {
-        if !self.active.contains_key(context_id) {
+        if !self.contexts.is_live(context_id) {
             // Nothing was spoken: there is no audio to wait for.
             return self.emit(TtsEvent::Done { context_id: context_id.to_string() }).await;
         }
@@ -216,8 +201,7 @@ impl Session {
     }
 
     async fn cancel(&mut self, context_id: &str) -> Flow {
-        self.remember_closed(context_id);
-        if self.active.remove(context_id).is_none() {
+        if self.contexts.close(context_id).is_none() {
             return Flow::Continue;
         }
         self.send(&json!({ "context_id": context_id, "cancel": true })).await
@@ -262,7 +246,7 @@ impl Session {
             tracing::debug!(kind = ?msg.kind, "ignoring cartesia message without context");
             return Flow::Continue;
         };
-        if !self.active.contains_key(&context_id) {
+        if !self.contexts.is_live(&context_id) {
             // Cancelled, failed or finished: late output is dropped on purpose.
             tracing::trace!(context_id, kind = ?msg.kind, "dropping message for inactive context");
             return Flow::Continue;
@@ -273,7 +257,7 @@ impl Session {
     async fn on_context_message(&mut self, context_id: String, msg: ServerMsg) -> Flow {
         match msg.kind.as_deref() {
             Some("chunk") => {
-                let Some(ctx) = self.active.get_mut(&context_id) else {
+                let Some(ctx) = self.contexts.get_mut(&context_id) else {
                     return Flow::Continue;
                 };
                 match ws::pcm_from_base64(&mut ctx.carry, msg.data.as_deref().unwrap_or("")) {
@@ -290,7 +274,7 @@ impl Session {
                 _ => Flow::Continue,
             },
             Some("done") => {
-                self.active.remove(&context_id);
+                self.contexts.close(&context_id);
                 self.emit(TtsEvent::Done { context_id }).await
             }
             Some("error") => {
@@ -308,28 +292,20 @@ impl Session {
     /// One context is lost; the connection carries on.
     async fn context_failed(&mut self, context_id: &str, error: ProviderError) -> Flow {
         tracing::warn!(error = %error, context_id, "cartesia context failed");
-        self.active.remove(context_id);
-        self.remember_closed(context_id);
+        self.contexts.close(context_id);
         self.emit(TtsEvent::Error { context_id: Some(context_id.to_string()), error }).await
     }
 
     /// The socket is gone. Harmless while idle (reopen later); terminal mid-context.
     async fn socket_lost(&mut self, error: ProviderError) -> Flow {
         self.ws = None;
-        if self.active.is_empty() {
+        if !self.contexts.any_live() {
             tracing::debug!(error = %error, "cartesia socket closed while idle; will reopen on demand");
             return Flow::Continue;
         }
         tracing::warn!(error = %error, "cartesia socket lost mid-context");
         self.emit(TtsEvent::Error { context_id: None, error }).await;
         Flow::Stop
-    }
-
-    fn remember_closed(&mut self, context_id: &str) {
-        if self.closed.len() == REMEMBERED_CLOSED {
-            self.closed.pop_front();
-        }
-        self.closed.push_back(context_id.to_string());
     }
 
     async fn emit(&self, event: TtsEvent) -> Flow {

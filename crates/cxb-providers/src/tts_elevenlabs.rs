@@ -6,7 +6,6 @@
 //! latency one spare socket is kept open for the next context; `connect` opens the first one,
 //! which also proves the key and the server before the call starts.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,11 +20,12 @@ use tokio_tungstenite::tungstenite::Message;
 use url::Url;
 
 use crate::tts::{TtsCommand, TtsEvent, TtsHandle, TtsParams, WordTiming};
+use crate::tts_context::Contexts;
 use crate::ws::{self, WsStream};
 use crate::ProviderError;
 
-const PROVIDER: &str = "elevenlabs";
-const DEFAULT_MODEL: &str = "eleven_flash_v2_5";
+const PROVIDER: &str = crate::registry::ELEVENLABS.name;
+const DEFAULT_MODEL: &str = crate::registry::ELEVENLABS.default_model;
 const COMMAND_QUEUE: usize = 512;
 const EVENT_QUEUE: usize = 256;
 /// Commands queued for one context task (text pieces of one turn).
@@ -35,7 +35,6 @@ const INACTIVITY_TIMEOUT_SECS: u32 = 180;
 /// A spare older than this may already have hit the server's inactivity timeout.
 const SPARE_MAX_AGE: Duration = Duration::from_secs(150);
 const CHUNK_LENGTH_SCHEDULE: [u32; 4] = [120, 160, 250, 290];
-const REMEMBERED_CLOSED: usize = 64;
 /// `voice_settings` fields that may also be given flat in `tts.extra` (pipecat style).
 const VOICE_SETTING_KEYS: &[&str] = &["stability", "similarity_boost", "style", "use_speaker_boost", "speed"];
 /// `tts.extra` keys passed through as URL query parameters.
@@ -54,8 +53,7 @@ pub(crate) async fn connect(params: &TtsParams) -> Result<(TtsHandle, mpsc::Rece
         ev_tx,
         ctx_ev_tx,
         ctx_ev_rx,
-        contexts: HashMap::new(),
-        closed: VecDeque::with_capacity(REMEMBERED_CLOSED),
+        contexts: Contexts::default(),
         spare: Some(Spare::ready(first)),
     };
     tokio::spawn(session.run());
@@ -193,10 +191,9 @@ struct Session {
     /// Events from context tasks, checked against `contexts` before forwarding.
     ctx_ev_tx: mpsc::Sender<TtsEvent>,
     ctx_ev_rx: mpsc::Receiver<TtsEvent>,
-    /// Live contexts and the command queue of their task.
-    contexts: HashMap<String, mpsc::Sender<ContextCmd>>,
-    /// Recently finished or cancelled contexts: their later commands are dropped.
-    closed: VecDeque<String>,
+    /// Live contexts with the command queue of their task, and those recently ended (their
+    /// later commands and events are dropped).
+    contexts: Contexts<mpsc::Sender<ContextCmd>>,
     spare: Option<Spare>,
 }
 
@@ -224,8 +221,7 @@ impl Session {
             TtsCommand::Speak { context_id, text } => self.speak(context_id, text).await,
             TtsCommand::Flush { context_id } => self.flush(context_id).await,
             TtsCommand::Cancel { context_id } => {
-                self.remember_closed(&context_id);
-                if let Some(tx) = self.contexts.remove(&context_id) {
+                if let Some(tx) = self.contexts.close(&context_id) {
                     // If the queue is full, dropping `tx` still ends the task.
                     let _ = tx.try_send(ContextCmd::Cancel);
                 }
@@ -237,20 +233,20 @@ impl Session {
 
     async fn speak(&mut self, context_id: String, text: String) -> bool {
         // An empty text message is end-of-stream on this protocol: never forward one.
-        if text.is_empty() || self.closed.contains(&context_id) {
+        if text.is_empty() || self.contexts.is_closed(&context_id) {
             return true;
         }
-        if !self.contexts.contains_key(&context_id) {
+        if !self.contexts.is_live(&context_id) {
             self.start_context(&context_id);
         }
         self.forward(&context_id, ContextCmd::Speak(text)).await
     }
 
     async fn flush(&mut self, context_id: String) -> bool {
-        if self.contexts.contains_key(&context_id) {
+        if self.contexts.is_live(&context_id) {
             return self.forward(&context_id, ContextCmd::Flush).await;
         }
-        if self.closed.contains(&context_id) {
+        if self.contexts.is_closed(&context_id) {
             return true;
         }
         // Nothing was spoken in this context: it is trivially done.
@@ -268,8 +264,7 @@ impl Session {
             // The task already ended and reported why; its Error/Done event is on the way.
             Err(mpsc::error::TrySendError::Closed(_)) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.contexts.remove(context_id);
-                self.remember_closed(context_id);
+                self.contexts.close(context_id);
                 let error = ProviderError::Backlog { provider: PROVIDER };
                 let event = TtsEvent::Error { context_id: Some(context_id.to_string()), error };
                 self.ev_tx.send(event).await.is_ok()
@@ -291,34 +286,22 @@ impl Session {
             flushed: false,
         };
         tokio::spawn(task.run(spare));
-        self.contexts.insert(context_id.to_string(), tx);
+        self.contexts.get_or_open(context_id, || tx);
         // Pre-open the socket for the next turn while this one plays.
         self.spare = Some(Spare::opening(&self.cfg));
     }
 
     async fn on_context_event(&mut self, event: TtsEvent) -> bool {
-        let context_id = match &event {
-            TtsEvent::Audio { context_id, .. }
-            | TtsEvent::Words { context_id, .. }
-            | TtsEvent::Done { context_id }
-            | TtsEvent::Error { context_id: Some(context_id), .. } => context_id.clone(),
-            TtsEvent::Error { context_id: None, .. } => return self.ev_tx.send(event).await.is_ok(),
+        let Some(context_id) = event.context_id() else {
+            return self.ev_tx.send(event).await.is_ok(); // the connection itself failed
         };
-        if !self.contexts.contains_key(&context_id) {
+        if !self.contexts.is_live(context_id) {
             return true; // cancelled: its output is dropped on purpose
         }
         if matches!(event, TtsEvent::Done { .. } | TtsEvent::Error { .. }) {
-            self.contexts.remove(&context_id);
-            self.remember_closed(&context_id);
+            self.contexts.close(context_id);
         }
         self.ev_tx.send(event).await.is_ok()
-    }
-
-    fn remember_closed(&mut self, context_id: &str) {
-        if self.closed.len() == REMEMBERED_CLOSED {
-            self.closed.pop_front();
-        }
-        self.closed.push_back(context_id.to_string());
     }
 }
 

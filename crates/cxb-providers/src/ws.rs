@@ -149,8 +149,14 @@ pub(crate) async fn close_quietly(ws: &mut WsStream) {
 pub(crate) fn pcm_from_base64(carry: &mut Option<u8>, b64: &str) -> Result<Vec<i16>, base64::DecodeError> {
     use base64::Engine;
     let bytes = base64::engine::general_purpose::STANDARD.decode(b64)?;
+    Ok(pcm_from_le_bytes(carry, &bytes))
+}
+
+/// s16le bytes to samples, with the same odd-byte carry as [`pcm_from_base64`] (vendors that
+/// send binary frames split them just as freely).
+pub(crate) fn pcm_from_le_bytes(carry: &mut Option<u8>, bytes: &[u8]) -> Vec<i16> {
     let mut samples = Vec::with_capacity(bytes.len() / 2 + 1);
-    let mut rest = bytes.as_slice();
+    let mut rest = bytes;
     if let (Some(low), Some((&high, tail))) = (*carry, rest.split_first()) {
         samples.push(i16::from_le_bytes([low, high]));
         *carry = None;
@@ -161,7 +167,7 @@ pub(crate) fn pcm_from_base64(carry: &mut Option<u8>, b64: &str) -> Result<Vec<i
     if let [odd] = pairs.remainder() {
         *carry = Some(*odd);
     }
-    Ok(samples)
+    samples
 }
 
 #[cfg(test)]

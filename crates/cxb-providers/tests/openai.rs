@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use cxb_providers::llm::{LlmClient, LlmEvent, LlmParams, LlmStream};
 use cxb_providers::ProviderError;
-use cxb_wire::llm::{ChatMessage, ChatRequest, ToolCall, Usage};
+use cxb_wire::llm::{ChatMessage, ChatRequest, ToolCall, ToolSpec, Usage};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use support::within;
@@ -131,6 +131,7 @@ const USAGE: Usage = Usage {
     total_tokens: 2306,
     cached_tokens: 1920,
     cache_write_tokens: 0,
+    thoughts_tokens: 0,
 };
 
 async fn collect(mut stream: LlmStream) -> Vec<LlmEvent> {
@@ -165,7 +166,7 @@ fn text_events() -> Vec<LlmEvent> {
 async fn openai_request_shape_tokens_and_usage() {
     let mut d = double(Plan::sse(&text_body())).await;
     let tool = json!({"type":"function","function":{"name":"transfer_call","description":"d",
-        "parameters":{"type":"object","properties":{}},"strict":false}});
+        "parameters":{"type":"object","properties":{}}}});
     let req = ChatRequest {
         model: "gpt-4.1-mini".into(),
         messages: vec![
@@ -183,7 +184,7 @@ async fn openai_request_shape_tokens_and_usage() {
             ChatMessage::Tool { tool_call_id: "call_1".into(), content: "ok".into() },
             ChatMessage::Assistant { content: Some("sure".into()), tool_calls: vec![] },
         ],
-        tools: vec![tool.clone()],
+        tools: vec![ToolSpec::from_openai_json(&tool).unwrap()],
         temperature: Some(0.3),
         max_tokens: Some(300),
         extra: json!({"top_p": 0.9, "parallel_tool_calls": true}).as_object().cloned().unwrap(),

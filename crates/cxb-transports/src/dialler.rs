@@ -4,7 +4,10 @@
 
 use cxb_wire::dialler::{DiallerInbound, LegIdentity};
 
+use crate::media::{self, Codec};
 use crate::{CallMeta, HandshakeStep, Inbound, OutFrame, ProtocolError, Transport};
+
+const PROTO: &str = "dialler";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -114,20 +117,30 @@ impl Transport for Dialler {
                     self.meta.stream_id = s;
                 }
                 if let Some(mf) = media_format {
+                    // The dialler streams LINEAR16; `encoding` is "LINEAR", "LINEAR16",
+                    // "audio/x-l16", "pcm_s16le", … in the wild — any PCM16 label (or none) is fine.
+                    let (_, label_rate) =
+                        media::check_label(PROTO, "start", "mediaFormat.encoding", &mf.encoding, &[Codec::Pcm16Le])?;
                     if mf.channels != 1 {
-                        return Err(ProtocolError::Handshake(format!(
-                            "only mono audio is supported, got {} channels",
-                            mf.channels
-                        )));
+                        return Err(media::unplayable(
+                            PROTO,
+                            "start",
+                            "mediaFormat.channels",
+                            mf.channels,
+                            "only mono audio is supported",
+                        ));
                     }
-                    if mf.sample_rate != 8000 && mf.sample_rate != 16000 {
-                        return Err(ProtocolError::Handshake(format!("unsupported sampleRate {}", mf.sample_rate)));
+                    let rate = mf.sample_rate.or(label_rate).unwrap_or(8000);
+                    if rate != 8000 && rate != 16000 {
+                        return Err(media::unplayable(
+                            PROTO,
+                            "start",
+                            "mediaFormat.sampleRate",
+                            rate,
+                            "the dialler streams at 8000 or 16000 Hz",
+                        ));
                     }
-                    let enc = mf.encoding.to_ascii_uppercase();
-                    if enc != "LINEAR" && enc != "LINEAR16" {
-                        return Err(ProtocolError::Handshake(format!("unsupported encoding {:?}", mf.encoding)));
-                    }
-                    self.meta.sample_rate = mf.sample_rate;
+                    self.meta.sample_rate = rate;
                 }
                 if self.meta.stream_id.is_empty() {
                     return Err(ProtocolError::Handshake("no streamId in connected or start".into()));
@@ -273,6 +286,31 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("streamId"));
+    }
+
+    #[test]
+    fn start_labels_describe_and_refusals_name_the_field() {
+        let start = |mf: &str| {
+            let mut d = Dialler::new();
+            d.handshake_text(r#"{"event":"connected","streamId":"s"}"#).unwrap();
+            d.handshake_text(&format!(r#"{{"event":"start","mediaFormat":{mf}}}"#)).map(|_| d.meta().sample_rate)
+        };
+        for (mf, rate) in [
+            (r#"{"encoding":"pcm_s16le","sampleRate":"16000"}"#, 16000),
+            (r#"{"encoding":"base64","sampleRate":8000.0,"channels":"1"}"#, 8000),
+            (r#"{"encoding":"audio/L16;rate=16000"}"#, 16000),
+            (r#"{"encoding":"LINEAR16","sample_rate":"8kHz","bitsPerSample":16}"#, 8000),
+        ] {
+            assert_eq!(start(mf).unwrap(), rate, "{mf}");
+        }
+        for (mf, needle) in [
+            (r#"{"encoding":"PCMU"}"#, r#"mediaFormat.encoding "PCMU" cannot be played"#),
+            (r#"{"sampleRate":44100}"#, "mediaFormat.sampleRate 44100 cannot be played"),
+            (r#"{"channels":2}"#, "mediaFormat.channels 2 cannot be played"),
+        ] {
+            let err = start(mf).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
     }
 
     #[test]

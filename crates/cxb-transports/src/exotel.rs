@@ -1,9 +1,12 @@
 //! Exotel Voicebot applet ("AgentStream"), contract §6.2 and wire-protocols §1.
 //!
 //! - Route `WS /exotel/{bot_id}[?sample-rate=8000|16000|24000&k=v…]`; Exotel is the client.
-//! - Exotel → bot (every value a string): `connected`, `start`, `media`, `dtmf`, `mark`, `stop`.
-//!   stream_id ← `start.stream_sid`, caller_id ← `start.from`, did ← `start.to`;
-//!   `custom_parameters` (the URL's custom `k=v` pairs) are forwarded in `connected_event`.
+//! - Exotel → bot: `connected`, `start`, `media`, `dtmf`, `mark`, `stop`. The docs show every
+//!   value as a string; real peers also send numbers (`sequence_number`, `chunk`,
+//!   `media_format.sample_rate`), other `media_format` labels and extra fields — all accepted.
+//!   stream_id ← `start.stream_sid` (or `stream_sid`, `streamSid`, the call SID), caller_id ←
+//!   `start.from`, did ← `start.to`; `custom_parameters` (the URL's custom `k=v` pairs) are
+//!   forwarded in `connected_event`.
 //! - Bot → Exotel: `media` (base64 PCM16LE at the stream rate) in chunks that are multiples of
 //!   320 bytes, ≥ 3.2 KB (except the flush at the end of an utterance) and ≤ 100 KB; `clear` on
 //!   barge-in; `mark` after each utterance (echoed back once played).
@@ -37,8 +40,10 @@ pub struct Exotel {
     phase: Phase,
     meta: CallMeta,
     stream_sid: String,
-    /// `?sample-rate=` of the stream URL (8000 when absent).
-    url_rate: u32,
+    /// Did `start` carry a stream id? Only then must later frames' `stream_sid` match it.
+    sid_from_peer: bool,
+    /// `?sample-rate=` of the stream URL, when it has one: it fixes the stream's rate.
+    url_rate: Option<u32>,
     /// The other query pairs of the stream URL.
     query: Map<String, Value>,
     audio: WireAudio,
@@ -56,8 +61,8 @@ impl Default for Exotel {
 }
 
 fn parse_rate(s: &str) -> Result<u32, ProtocolError> {
-    match s.trim().parse::<u32>() {
-        Ok(r) if RATES.contains(&r) => Ok(r),
+    match cxb_wire::serde_util::parse_sample_rate(s) {
+        Some(r) if RATES.contains(&r) => Ok(r),
         _ => Err(ProtocolError::Handshake(format!("sample-rate {s:?} is not one of 8000, 16000, 24000"))),
     }
 }
@@ -72,7 +77,8 @@ impl Exotel {
             phase: Phase::AwaitConnected,
             meta: CallMeta { sample_rate: rate.min(16000), call_direction: "incoming".into(), ..Default::default() },
             stream_sid: String::new(),
-            url_rate: rate,
+            sid_from_peer: false,
+            url_rate: None,
             query: Map::new(),
             audio: WireAudio::new(Codec::Pcm16Le, rate),
             chunker: Chunker::new(MIN_CHUNK, CHUNK_MULTIPLE, MAX_CHUNK, 0),
@@ -86,17 +92,18 @@ impl Exotel {
     /// Build from the stream URL's query pairs: `sample-rate` (8000 | 16000 | 24000) and up to
     /// three custom pairs (kept for `connected_event`; Exotel also echoes them in `start`).
     pub fn from_query(pairs: &[(String, String)]) -> Result<Self, ProtocolError> {
-        let mut rate = 8000;
+        let mut rate = None;
         let mut query = Map::new();
         for (k, v) in pairs {
             match k.as_str() {
-                "sample-rate" | "sample_rate" | "sampleRate" => rate = parse_rate(v)?,
+                "sample-rate" | "sample_rate" | "sampleRate" => rate = Some(parse_rate(v)?),
                 _ => {
                     query.insert(k.clone(), Value::String(v.clone()));
                 }
             }
         }
-        let mut e = Self::with_rate(rate);
+        let mut e = Self::with_rate(rate.unwrap_or(8000));
+        e.url_rate = rate;
         e.query = query;
         Ok(e)
     }
@@ -113,40 +120,45 @@ impl Exotel {
 
     fn on_start(&mut self, j: &Json) -> Result<HandshakeStep, ProtocolError> {
         j.req_obj("start")?;
-        let stream_sid = match j.opt_str("start.stream_sid")? {
-            Some(s) if !s.is_empty() => s.to_string(),
-            _ => {
-                j.opt_str("stream_sid")?.filter(|s| !s.is_empty()).ok_or_else(|| j.missing("start.stream_sid"))?.into()
-            }
+        // Exotel's docs put `stream_sid` at both levels; its own sample repo (exotel/Agent-Stream)
+        // shows a `start` with neither, and other paths use camelCase. The call SID, then a
+        // made-up id, stand in when no stream id comes.
+        let call_sid = j.first_str(&["start.call_sid", "start.callSid", "call_sid"])?.unwrap_or_default();
+        let peer_sid = j.first_str(&["start.stream_sid", "stream_sid", "start.streamSid", "streamSid"])?;
+        self.sid_from_peer = peer_sid.is_some();
+        let stream_sid = peer_sid
+            .or_else(|| (!call_sid.is_empty()).then(|| call_sid.clone()))
+            .unwrap_or_else(|| media::generated_id(PROTO));
+        let account_sid = j.first_str(&["start.account_sid", "start.accountSid"])?.unwrap_or_default();
+        let from = j.opt_scalar("start.from")?.unwrap_or_default();
+        let to = j.opt_scalar("start.to")?.unwrap_or_default();
+        let custom = j.params("start.custom_parameters")?;
+        // The stream's format is PCM16LE at the URL's `?sample-rate=`; `media_format` only
+        // describes it (`encoding` is "base64", "audio/x-raw", "raw/slin", "linear16"… in the
+        // wild, `sample_rate` a string, a number or "8kHz", `bit_rate` "16" or "128kbps" — it is
+        // not read). A μ-law label means μ-law (Exotel's stream API defaults to
+        // `audio/x-mulaw;rate=8000`). The label's rate is used only when the URL has none.
+        let (codec, label_rate) = j.codec_label("start.media_format.encoding", &[Codec::Pcm16Le, Codec::Mulaw])?;
+        j.check_mono("start.media_format.channels")?;
+        let rate = match self.url_rate {
+            Some(r) => r,
+            None => match j.opt_rate("start.media_format.sample_rate")?.or(label_rate) {
+                None => 8000,
+                Some(r) if RATES.contains(&r) => r,
+                Some(r) => {
+                    return Err(media::unplayable(
+                        PROTO,
+                        &j.event,
+                        "start.media_format.sample_rate",
+                        r,
+                        "Exotel streams at 8000, 16000 or 24000 Hz",
+                    ))
+                }
+            },
         };
-        let call_sid = j.opt_str("start.call_sid")?.unwrap_or_default().to_string();
-        let account_sid = j.opt_str("start.account_sid")?.unwrap_or_default().to_string();
-        let from = j.opt_str("start.from")?.unwrap_or_default().to_string();
-        let to = j.opt_str("start.to")?.unwrap_or_default().to_string();
-        let custom = j.opt_obj("start.custom_parameters")?.cloned().unwrap_or_default();
-        let mut rate = self.url_rate;
-        if j.opt_obj("start.media_format")?.is_some() {
-            if let Some(enc) = j.opt_str("start.media_format.encoding")? {
-                let e = enc.to_ascii_lowercase();
-                if !(e.contains("raw") || e.contains("slin") || e.contains("l16") || e.contains("linear")) {
-                    return Err(ProtocolError::Handshake(format!(
-                        "unsupported media_format.encoding {enc:?} (expected audio/x-raw PCM16LE)"
-                    )));
-                }
-            }
-            if let Some(r) = j.opt_num("start.media_format.sample_rate")? {
-                rate = parse_rate(&r.to_string())?;
-            }
-            if let Some(b) = j.opt_num("start.media_format.bit_rate")? {
-                if b != 16 {
-                    return Err(ProtocolError::Handshake(format!(
-                        "unsupported media_format.bit_rate {b} (expected 16)"
-                    )));
-                }
-            }
-        }
-        if rate != self.audio.wire_rate {
-            self.audio = WireAudio::new(Codec::Pcm16Le, rate);
+        if (codec, rate) != (self.audio.codec, self.audio.wire_rate) {
+            self.audio = WireAudio::new(codec, rate);
+            self.chunker = Chunker::new(MIN_CHUNK, CHUNK_MULTIPLE, MAX_CHUNK, codec.silence());
         }
         self.stream_sid = stream_sid.clone();
         self.media_out = PayloadFrame::new(
@@ -158,6 +170,7 @@ impl Exotel {
             ev.insert(k.clone(), v.clone());
         }
         let direction = media::first_of(&custom, &["call_direction", "callDirection", "direction"])
+            .or_else(|| media::first_of(&self.query, &["call_direction", "callDirection", "direction"]))
             .map(|d| media::direction(&d))
             .unwrap_or_else(|| "incoming".into());
         for (k, v) in [
@@ -174,6 +187,9 @@ impl Exotel {
             ev.insert(k.into(), Value::String(v.clone()));
         }
         ev.insert("custom_parameters".into(), Value::Object(custom));
+        if let Some(mf) = j.opt_obj("start.media_format")? {
+            ev.insert("media_format".into(), Value::Object(mf.clone()));
+        }
         self.meta = CallMeta {
             stream_id: stream_sid,
             caller_id: from,
@@ -188,10 +204,9 @@ impl Exotel {
 
     fn check_sid(&self, event: &str, sid: Option<&str>) -> Result<(), ProtocolError> {
         match sid {
-            Some(s) if !s.is_empty() && s != self.stream_sid => Err(ProtocolError::Malformed(format!(
-                "exotel {event}: stream_sid {s:?} is not this call's ({:?})",
-                self.stream_sid
-            ))),
+            Some(s) if self.sid_from_peer && !s.is_empty() && s != self.stream_sid => Err(ProtocolError::Malformed(
+                format!("exotel {event}: stream_sid {s:?} is not this call's ({:?})", self.stream_sid),
+            )),
             _ => Ok(()),
         }
     }
@@ -256,11 +271,11 @@ impl Transport for Exotel {
             }
             "dtmf" => {
                 self.check_stream(&j)?;
-                Ok(Inbound::Dtmf(media::dtmf_digit(PROTO, j.req_str("dtmf.digit")?)?))
+                Ok(Inbound::Dtmf(j.dtmf("dtmf.digit")?))
             }
             "mark" => {
                 self.check_stream(&j)?;
-                Ok(self.marks.on_echo(j.req_str("mark.name")?))
+                Ok(self.marks.on_echo(&j.req_scalar("mark.name")?))
             }
             "stop" => Ok(Inbound::Hangup { by: Some("customer".into()) }),
             "connected" | "start" => Ok(Inbound::Ignored("handshake event after start")),
@@ -379,6 +394,43 @@ mod tests {
     }
 
     #[test]
+    fn labels_describe_the_url_fixes_the_rate() {
+        // Issue #14: Exotel's own docs and integrations say `base64` / `128kbps`.
+        let start = |mf: Value| {
+            json!({"event":"start","sequence_number":1,"stream_sid":"MZ2","start":{"stream_sid":"MZ2","media_format":mf}})
+                .to_string()
+        };
+        let mut e = Exotel::from_query(&[("sample-rate".into(), "16000".into())]).unwrap();
+        let mf = json!({"encoding":"base64","sample_rate":"8000","bit_rate":"128kbps"});
+        assert_eq!(e.handshake_text(&start(mf)).unwrap(), HandshakeStep::Answered { early_audio: None });
+        assert_eq!(e.wire_rate(), 16000, "the URL fixes the rate; the label only describes it");
+        // A μ-law label means μ-law, both ways.
+        let mut e = Exotel::new();
+        e.handshake_text(&start(json!({"encoding":"audio/x-mulaw;rate=8000"}))).unwrap();
+        assert_eq!(
+            e.on_text(r#"{"event":"media","media":{"payload":"/4A="}}"#).unwrap(),
+            Inbound::Audio(vec![0, 32124])
+        );
+        let mut out = vec![];
+        e.audio(&[0; 160], &mut out);
+        e.utterance_done(&mut out);
+        // 160 μ-law bytes, padded to Exotel's 320-byte multiple with μ-law silence (0xFF).
+        assert_eq!(
+            media::b64_decode("t", texts(&out)[0]["media"]["payload"].as_str().unwrap()).unwrap(),
+            vec![0xFF; 320]
+        );
+        // What cannot be played is refused, naming the field and the value.
+        for (mf, needle) in [
+            (json!({"encoding":"PCMA"}), "start.media_format.encoding \"PCMA\""),
+            (json!({"sample_rate":"44.1kHz"}), "start.media_format.sample_rate 44100"),
+            (json!({"channels":2}), "start.media_format.channels 2"),
+        ] {
+            let err = Exotel::new().handshake_text(&start(mf)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
     fn malformed_handshakes_are_refused_clearly() {
         let mut e = Exotel::new();
         e.handshake_text(r#"{"event":"connected"}"#).unwrap();
@@ -393,9 +445,12 @@ mod tests {
         assert!(err.to_string().contains("\"start.stream_sid\" must be a string"), "{err}");
         let mut e = Exotel::new();
         assert!(e.handshake_text(r#"{"event":"start"}"#).unwrap_err().to_string().contains("\"start\" is missing"));
+        // No stream id at all (as in Exotel's own sample repo): the call SID stands in, and
+        // media frames without a `stream_sid` are this call's.
         let mut e = Exotel::new();
-        let err = e.handshake_text(r#"{"event":"start","start":{"call_sid":"c"}}"#).unwrap_err();
-        assert!(err.to_string().contains("stream_sid"), "{err}");
+        e.handshake_text(r#"{"event":"start","start":{"call_sid":"c"}}"#).unwrap();
+        assert_eq!(e.meta().stream_id, "c");
+        assert_eq!(e.on_text(r#"{"event":"media","media":{"payload":"AQA="}}"#).unwrap(), Inbound::Audio(vec![1]));
     }
 
     #[test]
@@ -422,7 +477,7 @@ mod tests {
             (r#"{"event":"media"}"#, "is missing"),
             (r#"{"event":"media","stream_sid":"other","media":{"payload":""}}"#, "not this call's"),
             (r#"{"event":"dtmf","dtmf":{"digit":"55"}}"#, "digit"),
-            (r#"{"event":"dtmf","dtmf":{"digit":5}}"#, "must be a string"),
+            (r#"{"event":"dtmf","dtmf":{"digit":[5]}}"#, "must be a string or a number"),
             (r#"{"event":"bogus"}"#, "unknown event"),
             (r#"[]"#, "not a JSON object"),
         ] {

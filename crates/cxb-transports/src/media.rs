@@ -93,15 +93,108 @@ impl Json {
         self.opt_str(path)?.ok_or_else(|| self.missing(path))
     }
 
-    /// A numeric field sent as a string (Exotel sends every value as a string) or as a number.
+    /// A numeric field sent as a string (Exotel sends every value as a string) or as a number
+    /// (`8000`, `8000.0` and `"8000"` are the same).
     pub fn opt_num(&self, path: &str) -> Result<Option<u64>, ProtocolError> {
         match self.lookup(path)? {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => {
                 s.trim().parse::<u64>().map(Some).map_err(|_| self.type_error(path, "a whole number"))
             }
-            Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| self.type_error(path, "a whole number")),
+            Some(Value::Number(n)) => whole_number(n).map(Some).ok_or_else(|| self.type_error(path, "a whole number")),
             Some(_) => Err(self.type_error(path, "a number or numeric string")),
+        }
+    }
+
+    /// A sample rate as peers label it: `8000`, `"8000"`, `"8000Hz"`, `"8kHz"`.
+    pub fn opt_rate(&self, path: &str) -> Result<Option<u32>, ProtocolError> {
+        let want = "a sample rate such as 8000 or \"8000Hz\"";
+        match self.lookup(path)? {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+            Some(Value::String(s)) => {
+                cxb_wire::serde_util::parse_sample_rate(s).map(Some).ok_or_else(|| self.type_error(path, want))
+            }
+            Some(Value::Number(n)) => {
+                whole_number(n).and_then(|r| u32::try_from(r).ok()).map(Some).ok_or_else(|| self.type_error(path, want))
+            }
+            Some(_) => Err(self.type_error(path, want)),
+        }
+    }
+
+    /// An optional text field that peers send as a string or a number (phone numbers, digits,
+    /// mark names): numbers and booleans are taken as their text.
+    pub fn opt_scalar(&self, path: &str) -> Result<Option<String>, ProtocolError> {
+        match self.lookup(path)? {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => scalar_string(v).map(Some).ok_or_else(|| self.type_error(path, "a string or a number")),
+        }
+    }
+
+    pub fn req_scalar(&self, path: &str) -> Result<String, ProtocolError> {
+        self.opt_scalar(path)?.ok_or_else(|| self.missing(path))
+    }
+
+    /// The first non-empty string among `paths` (ids that providers put at the top level, inside
+    /// the event object, or under another spelling).
+    pub fn first_str(&self, paths: &[&str]) -> Result<Option<String>, ProtocolError> {
+        for p in paths {
+            if let Some(s) = self.opt_str(p)?.filter(|s| !s.is_empty()) {
+                return Ok(Some(s.to_string()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Custom parameters as providers send them: an object, a list of `{"name","value"}` pairs
+    /// (Telnyx's API), or an object serialised into a string. Anything else is kept by the caller
+    /// verbatim and yields no pairs.
+    pub fn params(&self, path: &str) -> Result<Map<String, Value>, ProtocolError> {
+        Ok(match self.lookup(path)? {
+            Some(Value::Object(o)) => o.clone(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|it| {
+                    let name = it.get("name").and_then(scalar_string)?;
+                    Some((name, it.get("value").cloned().unwrap_or(Value::Null)))
+                })
+                .collect(),
+            Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
+                Ok(Value::Object(o)) => o,
+                _ => Map::new(),
+            },
+            _ => Map::new(),
+        })
+    }
+
+    /// The codec an encoding label at `path` stands for on a route that plays `allowed` (the
+    /// first is the protocol's own, used when the label is absent or names no codec), and the
+    /// rate the label carries, if any.
+    pub fn codec_label(&self, path: &str, allowed: &[Codec]) -> Result<(Codec, Option<u32>), ProtocolError> {
+        match self.opt_str(path)? {
+            None => Ok((allowed[0], None)),
+            Some(label) => check_label(self.proto, &self.event, path, label, allowed),
+        }
+    }
+
+    /// A DTMF digit field (a string or a number).
+    pub fn dtmf(&self, path: &str) -> Result<String, ProtocolError> {
+        dtmf_digit(self.proto, &self.req_scalar(path)?)
+    }
+
+    /// A rate at `path`, when given, must be one of `allowed` (`why` says what the route streams).
+    pub fn check_rate(&self, path: &str, allowed: &[u32], why: &str) -> Result<Option<u32>, ProtocolError> {
+        match self.opt_rate(path)? {
+            Some(r) if !allowed.contains(&r) => Err(unplayable(self.proto, &self.event, path, r, why)),
+            r => Ok(r),
+        }
+    }
+
+    /// `channels`, when given, must be 1.
+    pub fn check_mono(&self, path: &str) -> Result<(), ProtocolError> {
+        match self.opt_num(path)? {
+            Some(c) if c != 1 => Err(unplayable(self.proto, &self.event, path, c, "only mono audio is supported")),
+            _ => Ok(()),
         }
     }
 
@@ -181,6 +274,100 @@ impl PayloadFrame {
         s.push_str(&self.suffix);
         crate::OutFrame::Text(s)
     }
+}
+
+fn whole_number(n: &serde_json::Number) -> Option<u64> {
+    n.as_u64()
+        .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u32::MAX as f64).map(|f| f as u64))
+}
+
+/// A refusal that names the field and the value: the driver logs it with the session id and
+/// puts it in the close reason.
+pub fn unplayable(proto: &str, event: &str, field: &str, value: impl std::fmt::Debug, why: &str) -> ProtocolError {
+    ProtocolError::Handshake(format!("{proto} {event}: {field} {value:?} cannot be played ({why})"))
+}
+
+/// What an encoding label says about the samples on the wire. Labels describe; the protocol and
+/// the stream URL fix the format. Every spelling seen in providers' docs and public
+/// integrations is understood (tests/fixtures/wire/README.md lists where each was seen).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AudioLabel {
+    /// The label names a codec we decode; `rate` when it carries one (`audio/L16;rate=16000`).
+    Codec { codec: Codec, rate: Option<u32> },
+    /// The label names no sample format (`base64` is the transfer encoding, not a codec): the
+    /// protocol's own format applies.
+    Unspecified { rate: Option<u32> },
+    /// A format we cannot decode (Opus, MP3, G.722, G.729, AMR, 8/24/32-bit, float or
+    /// big-endian PCM, …).
+    Unplayable,
+}
+
+/// Compact spellings (lower case, letters and digits only) of formats that cannot be decoded
+/// as 16-bit little-endian PCM or G.711. Matched as prefixes.
+const UNPLAYABLE: &[&str] = &[
+    "opus", "mp3", "mpeg", "g722", "g723", "g726", "g729", "amr", "speex", "ogg", "flac", "aac", "webm", "gsm", "ilbc",
+    "l8", "l20", "l24", "u8", "s8", "s24", "s32", "f32", "f64", "float", "pcmu8", "pcms8", "pcms24", "pcms32",
+    "pcmf32", "pcmf64",
+];
+
+impl AudioLabel {
+    pub fn parse(label: &str) -> Self {
+        let lower = label.trim().to_lowercase().replace(['μ', 'µ'], "mu");
+        let mut parts = lower.split(';');
+        let base = parts.next().unwrap_or_default().trim();
+        let rate = parts.find_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            (k.trim() == "rate").then(|| cxb_wire::serde_util::parse_sample_rate(v)).flatten()
+        });
+        let name = base.strip_prefix("audio/").unwrap_or(base);
+        let name = name.strip_prefix("x-").unwrap_or(name);
+        let c: String = name.chars().filter(char::is_ascii_alphanumeric).collect();
+        let codec = |codec| AudioLabel::Codec { codec, rate };
+        if UNPLAYABLE.iter().any(|u| c.starts_with(u))
+            || (c.starts_with("pcm") || c.starts_with("s16")) && c.ends_with("be")
+        {
+            AudioLabel::Unplayable
+        } else if c.contains("mulaw") || c.contains("ulaw") || c == "pcmu" || c.starts_with("g711u") || c == "basic" {
+            codec(Codec::Mulaw)
+        } else if c.contains("alaw") || c == "pcma" || c.starts_with("g711a") {
+            codec(Codec::Alaw)
+        } else if ["raw", "slin", "l16", "linear", "pcm", "s16"].iter().any(|p| c.starts_with(p)) {
+            codec(Codec::Pcm16Le)
+        } else {
+            // `base64`, an empty label, or a name we have never seen: it says nothing we can use.
+            AudioLabel::Unspecified { rate }
+        }
+    }
+}
+
+/// The codec `label` (the value of `field`) stands for on a route that plays `allowed`; the first
+/// of `allowed` is the protocol's own. Refuses what cannot be played there, naming field and value.
+pub fn check_label(
+    proto: &str,
+    event: &str,
+    field: &str,
+    label: &str,
+    allowed: &[Codec],
+) -> Result<(Codec, Option<u32>), ProtocolError> {
+    match AudioLabel::parse(label) {
+        AudioLabel::Codec { codec, rate } if allowed.contains(&codec) => Ok((codec, rate)),
+        AudioLabel::Unspecified { rate } => Ok((allowed[0], rate)),
+        _ => {
+            let names: Vec<&str> = allowed.iter().map(|c| c.describe()).collect();
+            Err(unplayable(
+                proto,
+                event,
+                field,
+                truncate(label, 64),
+                &format!("this route plays {}", names.join(" or ")),
+            ))
+        }
+    }
+}
+
+/// A stream id made up when the peer sends none.
+pub fn generated_id(proto: &str) -> String {
+    format!("{proto}-{}", chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default())
 }
 
 /// The string value of a JSON scalar (custom parameters may arrive as numbers or booleans).
@@ -289,6 +476,14 @@ pub enum Codec {
 }
 
 impl Codec {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Codec::Pcm16Le => "16-bit PCM",
+            Codec::Mulaw => "μ-law",
+            Codec::Alaw => "A-law",
+        }
+    }
+
     pub fn bytes_per_sample(self) -> usize {
         match self {
             Codec::Pcm16Le => 2,
@@ -634,6 +829,82 @@ mod tests {
         hi.encode(&[0; 320], &mut out);
         assert_eq!(out.len(), 960);
         assert_eq!(hi.decode("t", &[0; 4800]).unwrap().len(), 1600);
+    }
+
+    #[test]
+    fn audio_labels_seen_in_the_wild() {
+        let pcm = |rate| AudioLabel::Codec { codec: Codec::Pcm16Le, rate };
+        let mulaw = |rate| AudioLabel::Codec { codec: Codec::Mulaw, rate };
+        let alaw = AudioLabel::Codec { codec: Codec::Alaw, rate: None };
+        for (label, want) in [
+            ("base64", AudioLabel::Unspecified { rate: None }),
+            ("", AudioLabel::Unspecified { rate: None }),
+            ("something-new", AudioLabel::Unspecified { rate: None }),
+            ("audio/x-raw", pcm(None)),
+            ("raw/slin", pcm(None)),
+            ("slin16", pcm(None)),
+            ("audio/x-l16", pcm(None)),
+            ("audio/pcm", pcm(None)),
+            ("audio/L16;rate=16000", pcm(Some(16000))),
+            ("audio/l16; rate=8000; channels=1", pcm(Some(8000))),
+            ("LINEAR", pcm(None)),
+            ("LINEAR16", pcm(None)),
+            ("linear16", pcm(None)),
+            ("pcm_s16le", pcm(None)),
+            ("s16le", pcm(None)),
+            ("audio/x-mulaw", mulaw(None)),
+            ("audio/x-mulaw;rate=8000", mulaw(Some(8000))),
+            ("PCMU", mulaw(None)),
+            ("g711_ulaw", mulaw(None)),
+            ("μ-law", mulaw(None)),
+            ("audio/basic", mulaw(None)),
+            ("PCMA", alaw),
+            ("audio/PCMA", alaw),
+            ("audio/x-alaw", alaw),
+            ("G711_ALAW", alaw),
+        ] {
+            assert_eq!(AudioLabel::parse(label), want, "{label:?}");
+        }
+        for label in [
+            "OPUS",
+            "audio/x-opus",
+            "mp3",
+            "audio/mpeg",
+            "G722",
+            "G729",
+            "AMR-WB",
+            "pcm_f32le",
+            "pcm_s16be",
+            "L24",
+            "pcm_u8",
+        ] {
+            assert_eq!(AudioLabel::parse(label), AudioLabel::Unplayable, "{label:?}");
+        }
+        let err =
+            check_label("exotel", "start", "start.media_format.encoding", "PCMA", &[Codec::Pcm16Le, Codec::Mulaw])
+                .unwrap_err()
+                .to_string();
+        assert_eq!(
+            err,
+            "handshake: exotel start: start.media_format.encoding \"PCMA\" cannot be played (this route plays 16-bit PCM or μ-law)"
+        );
+    }
+
+    #[test]
+    fn lenient_numbers_rates_and_params() {
+        let j = Json::parse(
+            "t",
+            r#"{"event":"start","a":8000.0,"b":"16kHz","c":8000,"d":"x","e":[{"name":"k","value":1}],"f":"{\"k\":2}","g":7}"#,
+        )
+        .unwrap();
+        assert_eq!(j.opt_num("a").unwrap(), Some(8000));
+        assert_eq!((j.opt_rate("b").unwrap(), j.opt_rate("c").unwrap()), (Some(16000), Some(8000)));
+        assert!(j.opt_rate("d").unwrap_err().to_string().contains("sample rate"));
+        assert_eq!(j.params("e").unwrap()["k"], 1);
+        assert_eq!(j.params("f").unwrap()["k"], 2);
+        assert!(j.params("g").unwrap().is_empty());
+        assert_eq!(j.opt_scalar("g").unwrap().as_deref(), Some("7"));
+        assert!(j.opt_scalar("e").is_err());
     }
 
     #[test]

@@ -90,33 +90,24 @@ impl Plivo {
 
     fn on_start(&mut self, j: &Json) -> Result<HandshakeStep, ProtocolError> {
         j.req_obj("start")?;
-        let stream_id = match j.opt_str("start.streamId")? {
-            Some(s) if !s.is_empty() => s.to_string(),
-            _ => j.opt_str("streamId")?.filter(|s| !s.is_empty()).ok_or_else(|| j.missing("start.streamId"))?.into(),
+        let stream_id = j
+            .first_str(&["start.streamId", "streamId", "start.stream_id"])?
+            .ok_or_else(|| j.missing("start.streamId"))?;
+        self.call_id = j.first_str(&["start.callId", "start.call_id", "callId"])?.unwrap_or_default();
+        let account_id = j.first_str(&["start.accountId", "start.account_id"])?.unwrap_or_default();
+        // μ-law 8 kHz unless the `<Stream contentType>` asked for L16 (`audio/x-l16;rate=16000`).
+        let (codec, label_rate) = j.codec_label("start.mediaFormat.encoding", &[Codec::Mulaw, Codec::Pcm16Le])?;
+        let rate = j.opt_rate("start.mediaFormat.sampleRate")?.or(label_rate).unwrap_or(8000);
+        let (content_type, rates): (&str, &[u32]) = match codec {
+            Codec::Pcm16Le => ("audio/x-l16", &[8000, 16000]),
+            _ => ("audio/x-mulaw", &[8000]),
         };
-        self.call_id = j.opt_str("start.callId")?.unwrap_or_default().to_string();
-        let account_id = j.opt_str("start.accountId")?.unwrap_or_default().to_string();
-        let encoding = j.opt_str("start.mediaFormat.encoding")?.unwrap_or("audio/x-mulaw").to_ascii_lowercase();
-        let rate = j.opt_num("start.mediaFormat.sampleRate")?.unwrap_or(8000);
-        let (codec, content_type) = if encoding.starts_with("audio/x-mulaw") {
-            (Codec::Mulaw, "audio/x-mulaw")
-        } else if encoding.starts_with("audio/x-l16") {
-            (Codec::Pcm16Le, "audio/x-l16")
-        } else {
-            return Err(ProtocolError::Handshake(format!(
-                "unsupported mediaFormat.encoding {encoding:?} (audio/x-mulaw or audio/x-l16)"
-            )));
-        };
-        let rate_ok = match codec {
-            Codec::Mulaw => rate == 8000,
-            _ => rate == 8000 || rate == 16000,
-        };
-        if !rate_ok {
-            return Err(ProtocolError::Handshake(format!(
-                "unsupported mediaFormat.sampleRate {rate} for {content_type}"
-            )));
+        if !rates.contains(&rate) {
+            let why = format!("Plivo streams {content_type} at {rates:?} Hz");
+            return Err(media::unplayable(PROTO, &j.event, "start.mediaFormat.sampleRate", rate, &why));
         }
-        self.audio = WireAudio::new(codec, rate as u32);
+        j.check_mono("start.mediaFormat.channels")?;
+        self.audio = WireAudio::new(codec, rate);
         let mut ev = self.query.clone();
         let extra = j.obj.get("extra_headers").or_else(|| j.obj.get("extraHeaders")).cloned();
         if let Some(x) = extra.filter(|x| !x.is_null()) {
@@ -190,8 +181,8 @@ impl Transport for Plivo {
                 let bytes = media::b64_decode(PROTO, j.req_str("media.payload")?)?;
                 Ok(Inbound::Audio(self.audio.decode(PROTO, &bytes)?))
             }
-            "dtmf" => Ok(Inbound::Dtmf(media::dtmf_digit(PROTO, j.req_str("dtmf.digit")?)?)),
-            "playedStream" => Ok(self.marks.on_echo(j.req_str("name")?)),
+            "dtmf" => Ok(Inbound::Dtmf(j.dtmf("dtmf.digit")?)),
+            "playedStream" => Ok(self.marks.on_echo(&j.req_scalar("name")?)),
             "clearedAudio" => Ok(Inbound::Ignored("clearedAudio")),
             "stop" => Ok(Inbound::Hangup { by: Some("customer".into()) }),
             "start" => Ok(Inbound::Ignored("handshake event after start")),

@@ -86,36 +86,25 @@ impl Telnyx {
 
     fn on_start(&mut self, j: &Json) -> Result<HandshakeStep, ProtocolError> {
         j.req_obj("start")?;
-        let stream_id = match j.opt_str("stream_id")? {
-            Some(s) if !s.is_empty() => s.to_string(),
-            _ => j.opt_str("start.stream_id")?.filter(|s| !s.is_empty()).ok_or_else(|| j.missing("stream_id"))?.into(),
-        };
-        self.call_control_id = j.opt_str("start.call_control_id")?.unwrap_or_default().to_string();
-        let from = j.opt_str("start.from")?.unwrap_or_default().to_string();
-        let to = j.opt_str("start.to")?.unwrap_or_default().to_string();
-        let codec = match j.opt_str("start.media_format.encoding")? {
-            None => Codec::Mulaw,
-            Some(e) if e.eq_ignore_ascii_case("PCMU") => Codec::Mulaw,
-            Some(e) if e.eq_ignore_ascii_case("PCMA") => Codec::Alaw,
-            Some(e) => {
-                return Err(ProtocolError::Handshake(format!("unsupported media_format.encoding {e:?} (PCMU or PCMA)")))
-            }
-        };
-        if let Some(r) = j.opt_num("start.media_format.sample_rate")? {
-            if r != 8000 {
-                return Err(ProtocolError::Handshake(format!("unsupported media_format.sample_rate {r} (8000)")));
-            }
-        }
-        if let Some(c) = j.opt_num("start.media_format.channels")? {
-            if c != 1 {
-                return Err(ProtocolError::Handshake(format!("only mono audio is supported, got {c} channels")));
-            }
-        }
+        let stream_id =
+            j.first_str(&["stream_id", "start.stream_id", "streamId"])?.ok_or_else(|| j.missing("stream_id"))?;
+        self.call_control_id = j.first_str(&["start.call_control_id", "call_control_id"])?.unwrap_or_default();
+        let from = j.opt_scalar("start.from")?.unwrap_or_default();
+        let to = j.opt_scalar("start.to")?.unwrap_or_default();
+        // RTP payloads of the call's G.711 codec: Telnyx labels it `PCMU`/`PCMA` (its AsyncAPI
+        // page) or `audio/x-mulaw` (its call-control API description).
+        let (codec, _) = j.codec_label("start.media_format.encoding", &[Codec::Mulaw, Codec::Alaw])?;
+        j.check_rate("start.media_format.sample_rate", &[8000], "G.711 runs at 8000 Hz")?;
+        j.check_mono("start.media_format.channels")?;
         self.audio = WireAudio::new(codec, 8000);
         let direction = j.opt_str("start.direction")?.map(media::direction).unwrap_or_else(|| "incoming".into());
-        let mut ev: Map<String, Value> = Map::new();
-        if let Some(cs) = j.opt_str("start.client_state")? {
-            ev.insert("client_state".into(), Value::String(cs.into()));
+        // Custom parameters of `streaming_start` (a list of name/value pairs in the API).
+        let mut ev: Map<String, Value> = j.params("start.custom_parameters")?;
+        ev.extend(j.params("start.customParameters")?);
+        for key in ["client_state", "call_session_id", "user_id"] {
+            if let Some(v) = j.opt_scalar(&format!("start.{key}"))? {
+                ev.insert(key.into(), Value::String(v));
+            }
         }
         for (k, v) in [
             ("stream_id", &stream_id),
@@ -193,11 +182,13 @@ impl Transport for Telnyx {
                 let bytes = media::b64_decode(PROTO, j.req_str("media.payload")?)?;
                 Ok(Inbound::Audio(self.audio.decode(PROTO, &bytes)?))
             }
-            "dtmf" => Ok(Inbound::Dtmf(media::dtmf_digit(PROTO, j.req_str("dtmf.digit")?)?)),
-            "mark" => Ok(self.marks.on_echo(j.req_str("mark.name")?)),
+            "dtmf" => Ok(Inbound::Dtmf(j.dtmf("dtmf.digit")?)),
+            "mark" => Ok(self.marks.on_echo(&j.req_scalar("mark.name")?)),
             "stop" => Ok(Inbound::Hangup { by: Some("customer".into()) }),
             "error" => {
-                let detail = j.obj.get("payload").map(|p| p.to_string()).unwrap_or_default();
+                // Telnyx's docs show the details in `error`; older integrations read `payload`.
+                let detail =
+                    j.obj.get("error").or_else(|| j.obj.get("payload")).map(|p| p.to_string()).unwrap_or_default();
                 Err(ProtocolError::Malformed(format!(
                     "telnyx reported an error: {}",
                     detail.chars().take(200).collect::<String>()

@@ -98,30 +98,16 @@ impl Twilio {
 
     fn on_start(&mut self, j: &Json) -> Result<HandshakeStep, ProtocolError> {
         j.req_obj("start")?;
-        let stream_sid = match j.opt_str("start.streamSid")? {
-            Some(s) if !s.is_empty() => s.to_string(),
-            _ => j.opt_str("streamSid")?.filter(|s| !s.is_empty()).ok_or_else(|| j.missing("start.streamSid"))?.into(),
-        };
-        self.call_sid = j.opt_str("start.callSid")?.unwrap_or_default().to_string();
-        self.account_sid = j.opt_str("start.accountSid")?.unwrap_or_default().to_string();
-        if let Some(enc) = j.opt_str("start.mediaFormat.encoding")? {
-            if !enc.eq_ignore_ascii_case("audio/x-mulaw") {
-                return Err(ProtocolError::Handshake(format!(
-                    "unsupported mediaFormat.encoding {enc:?} (audio/x-mulaw)"
-                )));
-            }
-        }
-        if let Some(r) = j.opt_num("start.mediaFormat.sampleRate")? {
-            if r != 8000 {
-                return Err(ProtocolError::Handshake(format!("unsupported mediaFormat.sampleRate {r} (8000)")));
-            }
-        }
-        if let Some(c) = j.opt_num("start.mediaFormat.channels")? {
-            if c != 1 {
-                return Err(ProtocolError::Handshake(format!("only mono audio is supported, got {c} channels")));
-            }
-        }
-        let custom = j.opt_obj("start.customParameters")?.cloned().unwrap_or_default();
+        let stream_sid = j
+            .first_str(&["start.streamSid", "streamSid", "start.stream_sid"])?
+            .ok_or_else(|| j.missing("start.streamSid"))?;
+        self.call_sid = j.first_str(&["start.callSid", "start.call_sid"])?.unwrap_or_default();
+        self.account_sid = j.first_str(&["start.accountSid", "start.account_sid"])?.unwrap_or_default();
+        // Twilio streams μ-law at 8 kHz, always; `mediaFormat` describes it.
+        j.codec_label("start.mediaFormat.encoding", &[Codec::Mulaw])?;
+        j.check_rate("start.mediaFormat.sampleRate", &[8000], "Twilio streams at 8000 Hz")?;
+        j.check_mono("start.mediaFormat.channels")?;
+        let custom = j.params("start.customParameters")?;
         let caller = media::first_of(&custom, &["From", "caller_id", "callerId", "caller"]).unwrap_or_default();
         let did = media::first_of(&custom, &["To", "did", "called"]).unwrap_or_default();
         let direction = media::first_of(&custom, &["Direction", "call_direction", "callDirection"])
@@ -209,8 +195,8 @@ impl Transport for Twilio {
                 let bytes = media::b64_decode(PROTO, j.req_str("media.payload")?)?;
                 Ok(Inbound::Audio(self.audio.decode(PROTO, &bytes)?))
             }
-            "dtmf" => Ok(Inbound::Dtmf(media::dtmf_digit(PROTO, j.req_str("dtmf.digit")?)?)),
-            "mark" => Ok(self.marks.on_echo(j.req_str("mark.name")?)),
+            "dtmf" => Ok(Inbound::Dtmf(j.dtmf("dtmf.digit")?)),
+            "mark" => Ok(self.marks.on_echo(&j.req_scalar("mark.name")?)),
             "stop" => Ok(Inbound::Hangup { by: Some("customer".into()) }),
             "connected" | "start" => Ok(Inbound::Ignored("handshake event after start")),
             _ => Err(j.unknown_event()),
@@ -296,7 +282,7 @@ mod tests {
         assert!(t.handshake_text(bad).unwrap_err().to_string().contains("encoding"));
         let mut t = Twilio::default();
         let bad = r#"{"event":"start","start":{"streamSid":"s","mediaFormat":{"sampleRate":"fast"}}}"#;
-        assert!(t.handshake_text(bad).unwrap_err().to_string().contains("whole number"));
+        assert!(t.handshake_text(bad).unwrap_err().to_string().contains("sample rate"));
         let mut t = Twilio::default();
         assert!(t.handshake_text(r#"{"event":"start","start":{}}"#).unwrap_err().to_string().contains("streamSid"));
     }

@@ -37,17 +37,18 @@ impl Default for Vonage {
     }
 }
 
-/// `audio/l16;rate=16000` → 16000.
-fn parse_content_type(ct: &str) -> Result<u32, ProtocolError> {
-    let lower = ct.to_ascii_lowercase();
-    let mut parts = lower.split(';').map(str::trim);
-    if parts.next() != Some("audio/l16") {
-        return Err(ProtocolError::Handshake(format!("unsupported content-type {ct:?} (audio/l16;rate=…)")));
-    }
-    let rate = parts.find_map(|p| p.strip_prefix("rate=")).unwrap_or("16000");
-    match rate.parse::<u32>() {
-        Ok(r @ (8000 | 16000 | 24000)) => Ok(r),
-        _ => Err(ProtocolError::Handshake(format!("unsupported rate in content-type {ct:?} (8000, 16000, 24000)"))),
+/// The wire rate a `content-type` such as `audio/l16;rate=16000` announces.
+fn content_type_rate(event: &str, ct: &str) -> Result<u32, ProtocolError> {
+    let (_, rate) = media::check_label(PROTO, event, "content-type", ct, &[Codec::Pcm16Le])?;
+    match rate.unwrap_or(16000) {
+        r @ (8000 | 16000 | 24000) => Ok(r),
+        r => Err(media::unplayable(
+            PROTO,
+            event,
+            "content-type",
+            ct,
+            &format!("rate {r}: Vonage streams at 8000, 16000 or 24000 Hz"),
+        )),
     }
 }
 
@@ -80,7 +81,7 @@ impl Vonage {
 
     fn on_connected(&mut self, j: &Json) -> Result<HandshakeStep, ProtocolError> {
         let rate = match j.opt_str("content-type")? {
-            Some(ct) => parse_content_type(ct)?,
+            Some(ct) => content_type_rate(&j.event, ct)?,
             None => 16000,
         };
         let mut fresh = Self::with_rate(rate);
@@ -91,7 +92,7 @@ impl Vonage {
             .map(|d| media::direction(&d))
             .unwrap_or_else(|| "incoming".into());
         let stream_id = media::first_of(&fields, &["uuid", "call_uuid", "conversation_uuid", "streamId", "stream_id"])
-            .unwrap_or_else(|| format!("vonage-{}", chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()));
+            .unwrap_or_else(|| media::generated_id(PROTO));
         let mut ev = fields;
         for (k, v) in [("streamId", &stream_id), ("callerId", &caller), ("did", &did), ("callDirection", &direction)] {
             ev.entry(k.to_string()).or_insert_with(|| Value::String(v.clone()));
@@ -130,21 +131,16 @@ impl Transport for Vonage {
     fn on_text(&mut self, text: &str) -> Result<Inbound, ProtocolError> {
         let j = Json::parse(PROTO, text)?;
         match j.event.as_str() {
+            // Vonage's docs show `digit`; some integrations read `dtmf.digit` or `dtmf.digits`.
             "websocket:dtmf" => {
-                let digit = match j.obj.get("digit").or_else(|| j.obj.get("dtmf").and_then(|d| d.get("digit"))) {
-                    Some(Value::String(s)) => s.clone(),
-                    Some(Value::Number(n)) => n.to_string(),
-                    Some(_) => {
-                        return Err(ProtocolError::Malformed(
-                            "vonage websocket:dtmf: field \"digit\" must be a string".into(),
-                        ))
-                    }
-                    None => return Err(j.missing("digit")),
-                };
-                Ok(Inbound::Dtmf(media::dtmf_digit(PROTO, &digit)?))
+                let path = ["digit", "dtmf.digit", "dtmf.digits"]
+                    .into_iter()
+                    .find(|p| j.opt_scalar(p).is_ok_and(|d| d.is_some()))
+                    .unwrap_or("digit");
+                Ok(Inbound::Dtmf(j.dtmf(path)?))
             }
-            "websocket:notify" => match j.opt_str("payload.mark")? {
-                Some(name) => Ok(self.marks.on_echo(name)),
+            "websocket:notify" => match j.opt_scalar("payload.mark")? {
+                Some(name) => Ok(self.marks.on_echo(&name)),
                 None => Ok(Inbound::Ignored("notify without a mark")),
             },
             "websocket:cleared" => Ok(Inbound::Ignored("websocket:cleared")),

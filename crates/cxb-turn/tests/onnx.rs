@@ -1,7 +1,9 @@
 //! Silero VAD and Smart Turn on the real models (`--features onnx`, after
 //! `scripts/fetch-models.sh`). Outputs are checked for sanity and against what the Python stack
 //! (onnxruntime + pipecat's preprocessing) answers for the same input:
-//! tests/data/onnx_reference.txt, made by tests/data/gen_onnx_reference.py.
+//! tests/data/onnx_reference.txt, made by tests/data/gen_onnx_reference.py. The float Silero
+//! model matches it to 1e-3 on any CPU; the int8 Smart Turn model within a tolerance that comes
+//! from ONNX Runtime's per-ISA int8 kernels (`SMART_TURN_LOGIT_TOLERANCE`).
 //! Every test skips, saying so on stderr, when the library or the models are not there.
 #![cfg(feature = "onnx")]
 
@@ -169,6 +171,26 @@ fn silero_rejects_bad_chunks() {
     assert!(vad.speech_probability(&[0.0; 512]).unwrap() < 0.1);
 }
 
+/// How far Smart Turn's score may sit from the reference, in logits (log-odds).
+///
+/// The CPU build of Smart Turn v3 is int8-quantized (QDQ format: ONNX Runtime fuses its
+/// QuantizeLinear/DequantizeLinear pairs into u8×s8 integer kernels), and ONNX Runtime picks
+/// those kernels by instruction set. With VNNI (AVX-512 VNNI, AVX-VNNI) the products are summed
+/// in 32 bits; the AVX2 kernel (`vpmaddubsw`) adds pairs of products into 16 bits with
+/// saturation — the "saturation issue" of 8-bit inference on CPUs without VNNI (ONNX Runtime's
+/// quantization guide; docs.openvino.ai `pot_saturation_issue`, which finds > 1 % accuracy
+/// differences between such CPUs). So the same model scores slightly differently per CPU. The
+/// reference (tests/data/onnx_reference.txt) was made on an AVX-512 VNNI machine; on a 2-core
+/// AMD EPYC with AVX2 only, `caller1 full` scored 0.95737 against 0.94661: 0.236 logits apart.
+/// The tolerance is that gap with a 2.5× margin: about ±0.03 in probability at 0.95, ±0.15 at
+/// 0.5 — where the decision is not a property of the model on any CPU, so it is not asserted.
+const SMART_TURN_LOGIT_TOLERANCE: f32 = 0.6;
+
+fn logit(p: f32) -> f32 {
+    let p = p.clamp(1e-6, 1.0 - 1e-6);
+    (p / (1.0 - p)).ln()
+}
+
 #[test]
 fn smart_turn_scores_full_and_cut_utterances_like_pipecat() {
     if !models_ready("smart_turn_scores_full_and_cut_utterances_like_pipecat") {
@@ -189,8 +211,18 @@ fn smart_turn_scores_full_and_cut_utterances_like_pipecat() {
             assert!((0.0..=1.0).contains(&p.probability), "{case}: {p:?}");
             assert_eq!(p.complete, p.probability > 0.5);
             let want = reference(&format!("smart_turn caller{n}_{case}"))[0];
-            assert!((p.probability - want).abs() < 2e-3, "caller{n} {case}: {} vs python {want}", p.probability);
-            report.push_str(&format!("caller{n} {case}: {:.4}\n", p.probability));
+            let gap = (logit(p.probability) - logit(want)).abs();
+            assert!(
+                gap < SMART_TURN_LOGIT_TOLERANCE,
+                "caller{n} {case}: {} vs python {want} ({gap:.3} logits apart)",
+                p.probability
+            );
+            // The decision must match wherever the reference is clear of the threshold by more
+            // than the kernels can move it; closer than that it is not a property of the model.
+            if logit(want).abs() > SMART_TURN_LOGIT_TOLERANCE {
+                assert_eq!(p.complete, want > 0.5, "caller{n} {case}: {} vs python {want}", p.probability);
+            }
+            report.push_str(&format!("caller{n} {case}: {:.4} (python {want:.4})\n", p.probability));
         }
     }
     let _ = write!(std::io::stderr(), "Smart Turn probabilities:\n{report}");

@@ -21,6 +21,14 @@ fn default_max_duration() -> u64 {
     600
 }
 
+/// What the bot says before hanging up when `end_call` brings no goodbye of its own and the LLM
+/// gives none when asked.
+pub const DEFAULT_END_CALL_MESSAGE: &str = "Thank you for calling. Goodbye.";
+
+fn default_end_call_message() -> String {
+    DEFAULT_END_CALL_MESSAGE.into()
+}
+
 /// The runtime config for one call.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct BotConfig {
@@ -55,6 +63,12 @@ pub struct BotConfig {
     #[serde(default, deserialize_with = "null_default")]
     #[schemars(with = "Option<String>")]
     pub pre_transfer_message: String,
+    /// Spoken before the hang-up when the LLM ends the call (`end_call`) without a
+    /// `final_message` or any words in that turn, and its follow-up goodbye fails, times out or
+    /// is empty. Absent, `null` or empty: "Thank you for calling. Goodbye.".
+    #[serde(default = "default_end_call_message", deserialize_with = "end_call_message_or_default")]
+    #[schemars(with = "Option<String>")]
+    pub end_call_message: String,
     /// OpenAI-format function tool definitions (custom HTTP tools).
     #[serde(default, deserialize_with = "null_default")]
     #[schemars(with = "Option<Vec<Value>>")]
@@ -86,6 +100,9 @@ pub struct BotConfig {
     pub callback_detection_enabled: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_parts: Option<Value>,
+    /// Knowledge-base search (`knowledge_enabled`, `knowledge_kb_ids`, …, contract §4.1).
+    #[serde(flatten)]
+    pub knowledge: crate::knowledge::KnowledgeSettings,
     #[serde(default, deserialize_with = "null_default")]
     #[schemars(with = "Option<SttConfig>")]
     pub stt: SttConfig,
@@ -254,6 +271,10 @@ fn tz_or_default<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Er
 }
 fn min_words_or_default<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     Ok(Option::<u32>::deserialize(d)?.unwrap_or_else(default_min_words))
+}
+fn end_call_message_or_default<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let message = Option::<String>::deserialize(d)?.filter(|m| !m.trim().is_empty());
+    Ok(message.unwrap_or_else(default_end_call_message))
 }
 fn max_dur_or_default<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     Ok(Option::<u64>::deserialize(d)?.unwrap_or_else(default_max_duration))
@@ -589,6 +610,18 @@ mod tests {
         assert_eq!(cfg.max_call_duration_seconds, 600);
         assert_eq!(cfg.system_prompt, "");
         assert!(cfg.vad.stop_secs.is_none());
+    }
+
+    #[test]
+    fn end_call_message_defaults_when_absent_null_or_empty() {
+        let parse = |extra: &str| {
+            let body = format!(r#"{{"session_id":"s1"{extra}}}"#);
+            BotConfig::from_json(body.as_bytes()).unwrap().end_call_message
+        };
+        assert_eq!(parse(""), DEFAULT_END_CALL_MESSAGE);
+        assert_eq!(parse(r#","end_call_message":null"#), DEFAULT_END_CALL_MESSAGE);
+        assert_eq!(parse(r#","end_call_message":"  ""#), DEFAULT_END_CALL_MESSAGE);
+        assert_eq!(parse(r#","end_call_message":"Dhanyavaad. Namaste.""#), "Dhanyavaad. Namaste.");
     }
 
     #[test]

@@ -1,4 +1,6 @@
 //! The telephony dialler WebSocket protocol (contract §6.1, wire-protocols §7): JSON text frames.
+//! Parsing is liberal (numbers or strings for numeric fields, extra fields ignored, optional
+//! fields may be missing); what the worker sends is exactly the documented shape.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -25,7 +27,8 @@ pub enum DiallerError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct MediaFormat {
     pub encoding: String,
-    pub sample_rate: u32,
+    /// `None` when the frame names no rate (8000 then, unless the encoding label carries one).
+    pub sample_rate: Option<u32>,
     pub channels: u32,
 }
 
@@ -69,23 +72,32 @@ impl DiallerInbound {
             "connected" => Ok(Self::Connected(obj)),
             "start" => {
                 let stream_id = opt_str(&obj, "streamId");
-                let media_format = match obj.get("mediaFormat") {
-                    None | Some(Value::Null) => None,
-                    Some(Value::Object(mf)) => Some(MediaFormat {
-                        encoding: mf.get("encoding").and_then(Value::as_str).unwrap_or("LINEAR").to_string(),
-                        sample_rate: match mf.get("sampleRate") {
-                            None | Some(Value::Null) => 8000,
-                            Some(v) => as_u32(v)
-                                .ok_or(DiallerError::BadField { event: "start", field: "mediaFormat.sampleRate" })?,
-                        },
-                        channels: match mf.get("channels") {
-                            None | Some(Value::Null) => 1,
-                            Some(v) => as_u32(v)
-                                .ok_or(DiallerError::BadField { event: "start", field: "mediaFormat.channels" })?,
-                        },
-                    }),
-                    Some(_) => return Err(DiallerError::BadField { event: "start", field: "mediaFormat" }),
-                };
+                let media_format =
+                    match obj.get("mediaFormat") {
+                        None | Some(Value::Null) => None,
+                        Some(Value::Object(mf)) => Some(MediaFormat {
+                            encoding: mf.get("encoding").and_then(Value::as_str).unwrap_or("LINEAR").to_string(),
+                            sample_rate: match mf.get("sampleRate").or_else(|| mf.get("sample_rate")) {
+                                None | Some(Value::Null) => None,
+                                Some(Value::String(s)) => {
+                                    Some(crate::serde_util::parse_sample_rate(s).ok_or(DiallerError::BadField {
+                                        event: "start",
+                                        field: "mediaFormat.sampleRate",
+                                    })?)
+                                }
+                                Some(v) => Some(as_u32(v).ok_or(DiallerError::BadField {
+                                    event: "start",
+                                    field: "mediaFormat.sampleRate",
+                                })?),
+                            },
+                            channels: match mf.get("channels") {
+                                None | Some(Value::Null) => 1,
+                                Some(v) => as_u32(v)
+                                    .ok_or(DiallerError::BadField { event: "start", field: "mediaFormat.channels" })?,
+                            },
+                        }),
+                        Some(_) => return Err(DiallerError::BadField { event: "start", field: "mediaFormat" }),
+                    };
                 Ok(Self::Start { stream_id, media_format })
             }
             "answer" => Ok(Self::Answer),
@@ -100,13 +112,12 @@ impl DiallerInbound {
             }
             "hangup-call" => Ok(Self::HangupCall { disconnected_by: opt_str(&obj, "disconnectedBy") }),
             "mark" => {
-                let name = obj
-                    .get("mark")
-                    .and_then(|m| m.get("name"))
-                    .and_then(Value::as_str)
-                    .or_else(|| obj.get("name").and_then(Value::as_str))
-                    .ok_or(DiallerError::BadField { event: "mark", field: "mark.name" })?;
-                Ok(Self::Mark { name: name.to_string() })
+                let name = match obj.get("mark") {
+                    Some(Value::Object(m)) => opt_str(m, "name"),
+                    _ => opt_str(&obj, "name"),
+                }
+                .ok_or(DiallerError::BadField { event: "mark", field: "mark.name" })?;
+                Ok(Self::Mark { name })
             }
             _ => Err(DiallerError::UnknownEvent(truncate(&event, 64))),
         }
@@ -136,7 +147,10 @@ fn opt_str(obj: &Map<String, Value>, key: &str) -> Option<String> {
 
 fn as_u32(v: &Value) -> Option<u32> {
     match v {
-        Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+        Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64))
+            .and_then(|n| u32::try_from(n).ok()),
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
     }
@@ -270,7 +284,7 @@ mod tests {
             s,
             DiallerInbound::Start {
                 stream_id: Some("s1".into()),
-                media_format: Some(MediaFormat { encoding: "LINEAR".into(), sample_rate: 8000, channels: 1 })
+                media_format: Some(MediaFormat { encoding: "LINEAR".into(), sample_rate: Some(8000), channels: 1 })
             }
         );
         assert_eq!(DiallerInbound::parse(r#"{"event":"answer"}"#).unwrap(), DiallerInbound::Answer);

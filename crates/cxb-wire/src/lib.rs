@@ -5,6 +5,7 @@
 pub mod config;
 pub mod dialler;
 pub mod health;
+pub mod knowledge;
 pub mod llm;
 pub mod result;
 pub mod serde_util;

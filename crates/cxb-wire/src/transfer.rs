@@ -71,10 +71,95 @@ pub fn usable_targets<'a>(targets: &'a [TransferTarget], transport: &str) -> Vec
     targets.iter().filter(|t| t.enabled && methods.contains(&t.method.as_str()) && validate(t).is_ok()).collect()
 }
 
-/// Can a `transfer_call` on this transport possibly succeed?
-pub fn transfer_available(targets: &[TransferTarget], numbers: &BTreeMap<String, String>, transport: &str) -> bool {
-    let methods = methods_for_transport(transport);
-    !usable_targets(targets, transport).is_empty() || (!numbers.is_empty() && !methods.is_empty())
+/// What `transfer_call` can reach on a call over one transport: the usable targets and the
+/// legacy `transfer_numbers`, with the method those numbers use there. The call driver builds it
+/// (it knows the transport); the conversation engine only chooses among it.
+#[derive(Debug, Clone)]
+pub struct TransferChoices {
+    /// Enabled, valid targets of a method the transport supports.
+    pub targets: Vec<TransferTarget>,
+    /// Legacy name → number map.
+    pub numbers: BTreeMap<String, String>,
+    /// The transport's first method, which a legacy number is transferred with.
+    pub legacy_method: String,
+}
+
+impl TransferChoices {
+    /// The choices on `transport`; `None` when it cannot transfer at all.
+    pub fn for_transport(
+        targets: &[TransferTarget],
+        numbers: &BTreeMap<String, String>,
+        transport: &str,
+    ) -> Option<Self> {
+        let legacy_method = methods_for_transport(transport).first()?;
+        Some(Self {
+            targets: usable_targets(targets, transport).into_iter().cloned().collect(),
+            numbers: numbers.clone(),
+            legacy_method: legacy_method.to_string(),
+        })
+    }
+
+    /// Can a `transfer_call` possibly succeed?
+    pub fn is_available(&self) -> bool {
+        !self.targets.is_empty() || !self.numbers.is_empty()
+    }
+
+    fn legacy(&self, name: &str, number: &str) -> ResolvedTransfer {
+        ResolvedTransfer {
+            destination: number.to_string(),
+            target: name.to_string(),
+            method: self.legacy_method.clone(),
+            kind: "phone_number".into(),
+        }
+    }
+
+    /// `resolve_transfer_target`: a requested id or label (case-insensitive) among the targets,
+    /// else the legacy number of that name; with nothing requested, the default target (or the
+    /// only one).
+    pub fn resolve(&self, requested: Option<&str>) -> Result<ResolvedTransfer, TransferTargetError> {
+        let (usable, numbers) = (&self.targets, &self.numbers);
+        let available = {
+            let mut names: Vec<String> = usable.iter().map(name_of).collect();
+            names.extend(numbers.keys().cloned());
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        };
+        let requested = requested.map(str::trim).filter(|r| !r.is_empty());
+        if let Some(req) = requested {
+            let lower = req.to_lowercase();
+            if let Some(t) = usable.iter().find(|t| {
+                t.id.as_deref().is_some_and(|id| id.eq_ignore_ascii_case(req)) || t.label.to_lowercase() == lower
+            }) {
+                return Ok(resolved(t));
+            }
+            if let Some((name, number)) = numbers.iter().find(|(k, _)| k.to_lowercase() == lower) {
+                return Ok(self.legacy(name, number));
+            }
+            return Err(TransferTargetError::NoMatch { requested: req.to_string(), available });
+        }
+        if let Some(t) = usable.iter().find(|t| t.is_default) {
+            return Ok(resolved(t));
+        }
+        if usable.len() == 1 && numbers.is_empty() {
+            return Ok(resolved(&usable[0]));
+        }
+        if usable.is_empty() && numbers.len() == 1 {
+            let (name, number) = numbers.iter().next().expect("one entry");
+            return Ok(self.legacy(name, number));
+        }
+        Err(TransferTargetError::NoDefault { available })
+    }
+}
+
+impl ResolvedTransfer {
+    /// An Agent Desk handoff: enqueued for an agent rather than performed by the transport, and
+    /// the caller stays on the line.
+    pub fn is_agent_desk(&self) -> bool {
+        self.method == METHOD_AGENT_DESK
+    }
 }
 
 fn name_of(t: &TransferTarget) -> String {
@@ -94,65 +179,16 @@ fn resolved(t: &TransferTarget) -> ResolvedTransfer {
     }
 }
 
-/// `resolve_transfer_target`: a requested id or label (case-insensitive) among the usable targets,
-/// else the legacy `transfer_numbers` entry of that name; with nothing requested, the default
-/// target (or the only usable one).
+/// [`TransferChoices::resolve`] on `transport`'s choices.
 pub fn resolve(
     targets: &[TransferTarget],
     numbers: &BTreeMap<String, String>,
     transport: &str,
     requested: Option<&str>,
 ) -> Result<ResolvedTransfer, TransferTargetError> {
-    let methods = methods_for_transport(transport);
-    if methods.is_empty() {
-        return Err(TransferTargetError::NotSupported);
-    }
-    let usable = usable_targets(targets, transport);
-    let legacy_method = methods[0];
-    let available = {
-        let mut names: Vec<String> = usable.iter().map(|t| name_of(t)).collect();
-        names.extend(numbers.keys().cloned());
-        if names.is_empty() {
-            "none".to_string()
-        } else {
-            names.join(", ")
-        }
-    };
-    let requested = requested.map(str::trim).filter(|r| !r.is_empty());
-    if let Some(req) = requested {
-        let lower = req.to_lowercase();
-        if let Some(t) = usable
-            .iter()
-            .find(|t| t.id.as_deref().is_some_and(|id| id.eq_ignore_ascii_case(req)) || t.label.to_lowercase() == lower)
-        {
-            return Ok(resolved(t));
-        }
-        if let Some((name, number)) = numbers.iter().find(|(k, _)| k.to_lowercase() == lower) {
-            return Ok(ResolvedTransfer {
-                destination: number.clone(),
-                target: name.clone(),
-                method: legacy_method.to_string(),
-                kind: "phone_number".into(),
-            });
-        }
-        return Err(TransferTargetError::NoMatch { requested: req.to_string(), available });
-    }
-    if let Some(t) = usable.iter().find(|t| t.is_default) {
-        return Ok(resolved(t));
-    }
-    if usable.len() == 1 && numbers.is_empty() {
-        return Ok(resolved(usable[0]));
-    }
-    if usable.is_empty() && numbers.len() == 1 {
-        let (name, number) = numbers.iter().next().expect("one entry");
-        return Ok(ResolvedTransfer {
-            destination: number.clone(),
-            target: name.clone(),
-            method: legacy_method.to_string(),
-            kind: "phone_number".into(),
-        });
-    }
-    Err(TransferTargetError::NoDefault { available })
+    TransferChoices::for_transport(targets, numbers, transport)
+        .ok_or(TransferTargetError::NotSupported)?
+        .resolve(requested)
 }
 
 #[cfg(test)]
@@ -211,5 +247,22 @@ mod tests {
         ));
         assert!(validate(&target("T", METHOD_SIP_REFER, "tel_uri", "+91", false)).is_err());
         assert!(validate(&target("Q", METHOD_AGENT_DESK, "phone_number", "+91", false)).is_err());
+    }
+
+    #[test]
+    fn choices_hold_only_what_the_transport_can_reach() {
+        let targets = vec![
+            target("Sales", METHOD_WS_REVERSE, "extension", "2001", false),
+            target("Queue", METHOD_AGENT_DESK, "agent_queue", "collections", false),
+        ];
+        let numbers = BTreeMap::from([("billing".to_string(), "+915555".to_string())]);
+        let ws = TransferChoices::for_transport(&targets, &numbers, "websocket").unwrap();
+        assert_eq!(ws.targets.iter().map(|t| t.label.as_str()).collect::<Vec<_>>(), ["Sales"]);
+        assert_eq!(ws.resolve(Some("billing")).unwrap().method, METHOD_WS_REVERSE);
+        let lk = TransferChoices::for_transport(&targets, &BTreeMap::new(), "livekit_sip").unwrap();
+        let queue = lk.resolve(None).unwrap();
+        assert!(queue.is_agent_desk() && !ws.resolve(Some("Sales")).unwrap().is_agent_desk());
+        assert!(TransferChoices::for_transport(&targets, &numbers, "exotel").is_none());
+        assert!(!TransferChoices::for_transport(&[], &BTreeMap::new(), "websocket").unwrap().is_available());
     }
 }

@@ -184,6 +184,108 @@ fn reminders_pause_the_music_and_it_resumes_where_it_stopped() {
     }
 }
 
+/// Start with a message and return the hold, its message already asked for.
+fn speaking(c: HoldConfig, music: HoldAudio) -> Hold {
+    let mut h = Hold::new(c, music);
+    h.handle(Duration::ZERO, HoldInput::Start);
+    assert!(kinds(&drain(&mut h)).contains(&"speak".to_string()));
+    h
+}
+
+#[test]
+fn the_message_audio_is_paced_like_music_and_the_music_follows_without_a_gap() {
+    // Music samples are small positive numbers, the message's are negative: each frame tells
+    // where it came from.
+    let mut h = speaking(cfg(Some("Please hold.")), ramp_audio(2000));
+    assert_eq!(h.poll_timeout(), Some(h.config().message_timeout), "nothing to play before the audio");
+    assert!(frames_at(&mut h, ms(100)).is_empty());
+    // One second of message audio arrives at once (the TTS is faster than real time).
+    let message: Vec<i16> = (0..16_000).map(|i| -1 - (i % 1000) as i16).collect();
+    h.handle(ms(100), HoldInput::MessageAudio(message[..8_000].to_vec()));
+    h.handle(ms(100), HoldInput::MessageAudio(message[8_000..].to_vec()));
+    h.handle(ms(100), HoldInput::MessageSynthDone);
+    assert!(drain(&mut h).is_empty());
+    let lead_frames = (h.config().playout_lead.as_millis() / 20) as usize;
+    let mut heard: Vec<Vec<i16>> = Vec::new();
+    let mut t = ms(100);
+    while t <= ms(1_600) {
+        h.handle_timeout(t);
+        heard.extend(frames_at(&mut h, t));
+        let elapsed = (t - ms(100)).as_millis() as usize / 20;
+        assert!(heard.len() <= elapsed + lead_frames + 1, "at {t:?}: {} frames", heard.len());
+        t += ms(1);
+    }
+    // The whole message first, in order and unchanged...
+    let spoken: Vec<i16> = heard.iter().take(50).flatten().copied().collect();
+    assert_eq!(spoken, message);
+    // ...then the music at once, paced on the same clock: 1.5 s played in all, plus the lead.
+    assert!(heard[50..].iter().all(|f| f.iter().all(|s| *s >= 0)), "music after the message");
+    assert_eq!(heard.len(), 75 + lead_frames + 1);
+    assert_eq!(heard[50][0], 0, "the music starts at its beginning");
+    assert!(h.audio_active());
+}
+
+#[test]
+fn the_last_piece_of_a_message_is_padded_to_a_whole_frame() {
+    let mut h = speaking(cfg(Some("Please hold.")), ramp_audio(2000));
+    h.handle(Duration::ZERO, HoldInput::MessageAudio(vec![-7; 500]));
+    // Only whole frames go while the TTS is still sending.
+    assert_eq!(frames_at(&mut h, Duration::ZERO).len(), 1);
+    assert!(frames_at(&mut h, ms(500)).is_empty(), "waits for the rest of the message");
+    h.handle(ms(500), HoldInput::MessageSynthDone);
+    let f = frames_at(&mut h, ms(500));
+    assert_eq!(f[0][..180], [-7; 180]);
+    assert_eq!(f[0][180..], [0; 140]);
+    assert!(f[1..].iter().all(|f| f.iter().all(|s| *s >= 0)), "then music");
+}
+
+#[test]
+fn message_audio_is_bounded_and_ignored_when_no_message_is_spoken() {
+    let mut h = Hold::new(cfg(None), ramp_audio(2000));
+    h.handle(Duration::ZERO, HoldInput::Start);
+    h.handle(Duration::ZERO, HoldInput::MessageAudio(vec![-1; 16_000]));
+    h.handle(Duration::ZERO, HoldInput::MessageSynthDone);
+    let f = frames_at(&mut h, Duration::ZERO).concat();
+    assert!(!f.is_empty() && f.iter().all(|s| *s >= 0), "music only");
+
+    let c = HoldConfig { message_timeout: secs(600), ..cfg(Some("Please hold.")) };
+    let mut h = speaking(c, ramp_audio(2000));
+    for _ in 0..100 {
+        h.handle(Duration::ZERO, HoldInput::MessageAudio(vec![-1; 16_000]));
+    }
+    h.handle(Duration::ZERO, HoldInput::MessageSynthDone);
+    let limit = MAX_MESSAGE.as_secs() as usize * 50;
+    let mut message_frames = 0;
+    let mut t = Duration::ZERO;
+    while t < secs(120) {
+        message_frames += frames_at(&mut h, t).iter().filter(|f| f[0] < 0).count();
+        t += ms(20);
+    }
+    assert_eq!(message_frames, limit, "{} s of message at most", MAX_MESSAGE.as_secs());
+}
+
+#[test]
+fn a_message_whose_synthesis_never_ends_is_cut_by_the_timeout() {
+    let c = HoldConfig { message_timeout: secs(5), ..cfg(Some("Please hold.")) };
+    let mut h = speaking(c, ramp_audio(2000));
+    h.handle(Duration::ZERO, HoldInput::MessageAudio(vec![-1; 3_200]));
+    assert_eq!(run_ms(&mut h, Duration::ZERO, secs(4)), 10, "the audio there was plays");
+    h.handle_timeout(secs(5));
+    assert_eq!(kinds(&drain(&mut h)), ["stop", "event:hold_message_timeout"]);
+    let f = frames_at(&mut h, secs(5));
+    assert_eq!(f.len(), 4, "music with a fresh lead");
+    assert!(f.iter().all(|f| f.iter().all(|s| *s >= 0)));
+}
+
+#[test]
+fn message_done_drops_what_is_left_of_the_message() {
+    let mut h = speaking(cfg(Some("Please hold.")), ramp_audio(2000));
+    h.handle(Duration::ZERO, HoldInput::MessageAudio(vec![-1; 16_000]));
+    assert_eq!(frames_at(&mut h, Duration::ZERO).len(), 4);
+    h.handle(ms(20), HoldInput::MessageDone);
+    assert!(frames_at(&mut h, secs(1)).iter().all(|f| f.iter().all(|s| *s >= 0)));
+}
+
 #[test]
 fn zero_reminder_interval_never_repeats_the_message() {
     let c = HoldConfig { reminder_every: Duration::ZERO, ..cfg(Some("Please hold.")) };
@@ -378,6 +480,8 @@ fn nothing_happens_after_the_end() {
     for input in [
         HoldInput::Start,
         HoldInput::MessageDone,
+        HoldInput::MessageAudio(vec![-1; 320]),
+        HoldInput::MessageSynthDone,
         HoldInput::AgentJoined { identity: "a".into() },
         HoldInput::AgentLeft { identity: "a".into() },
         HoldInput::CustomerLeft { reason: "x".into() },
@@ -651,6 +755,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => Just(Op::Frames),
         1 => Just(Op::Input(HoldInput::Start)),
         3 => Just(Op::Input(HoldInput::MessageDone)),
+        2 => (0usize..2000).prop_map(|n| Op::Input(HoldInput::MessageAudio(vec![-1; n]))),
+        2 => Just(Op::Input(HoldInput::MessageSynthDone)),
         2 => ident.clone().prop_map(|identity| Op::Input(HoldInput::AgentJoined { identity })),
         2 => ident.prop_map(|identity| Op::Input(HoldInput::AgentLeft { identity })),
         1 => Just(Op::Input(HoldInput::CustomerLeft { reason: "x".into() })),

@@ -10,23 +10,23 @@
 //! 3. [`Driver::report_handoff_end`] sends the events, the final transcript, the recording and
 //!    `customer-disconnected`, all through the outbox.
 
-use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use cxb_agent_desk::protocol::{
     AgentDeskEvent, Caller, CustomerDisconnected, EnqueueRequest, EnqueueTarget, RecordingUpdate, Role,
     TranscriptEntry, TranscriptUpdate,
 };
-use cxb_agent_desk::{AgentDesk, Hold, HoldAction, HoldAudio, HoldConfig, HoldInput, HoldOutcome};
+use cxb_agent_desk::{AgentDesk, AgentDeskError, Hold, HoldAction, HoldAudio, HoldConfig, HoldInput, HoldOutcome};
+use cxb_delivery::OutboxError;
 use cxb_providers::tts::TtsEvent;
 use cxb_transports::Inbound;
 use cxb_wire::result::Speaker;
 use cxb_wire::CallResultsPayload;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use tracing::{error, info, warn, Instrument};
 
-use super::{recv_opt, Driver};
+use super::drive::{recv_opt, Driver};
+use super::timer::Deadline;
 use crate::link::{CallLink, LinkEvent, TransferStart};
 
 /// Where and as what a call is handed to Agent Desk.
@@ -38,8 +38,20 @@ pub struct AgentDeskTarget {
     pub call_id: String,
 }
 
-/// At most this much hold-message audio is buffered (the TTS sends faster than real time).
-const MAX_MESSAGE_SAMPLES: usize = 16_000 * 60;
+/// Why a call cannot be handed to Agent Desk.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    #[error("Agent Desk is not available on this call")]
+    Unavailable,
+    /// The call's Agent Desk target cannot be used (a bad API base).
+    #[error(transparent)]
+    Client(AgentDeskError),
+    #[error("Agent Desk request is invalid: {0}")]
+    Request(#[source] AgentDeskError),
+    #[error("the handoff could not be queued: {0}")]
+    Queue(#[source] OutboxError),
+}
+
 /// Events per Agent Desk events update.
 const EVENTS_PER_UPDATE: usize = 50;
 
@@ -62,10 +74,10 @@ impl HandoffReport {
 }
 
 impl<L: CallLink> Driver<'_, L> {
-    fn desk(&self) -> Result<(AgentDesk, AgentDeskTarget), String> {
-        let target = self.agent_desk.clone().ok_or("Agent Desk is not available on this call")?;
+    fn desk(&self) -> Result<(AgentDesk, AgentDeskTarget), HandoffError> {
+        let target = self.agent_desk.clone().ok_or(HandoffError::Unavailable)?;
         let desk =
-            AgentDesk::new(target.api_base.clone(), self.app.settings.secret.clone()).map_err(|e| e.to_string())?;
+            AgentDesk::new(target.api_base.clone(), self.app.settings.secret.clone()).map_err(HandoffError::Client)?;
         Ok((desk, target))
     }
 
@@ -89,18 +101,9 @@ impl<L: CallLink> Driver<'_, L> {
     pub(super) fn enqueue_handoff(&mut self, destination: &str, target: &str, reason: &str) -> TransferStart {
         let (desk, t) = match self.desk() {
             Ok(v) => v,
-            Err(e) => return TransferStart::Done(Err(e)),
+            Err(e) => return TransferStart::Done(Err(e.into())),
         };
         let meta = self.link.meta();
-        let variables: BTreeMap<String, String> = meta
-            .connected_event
-            .iter()
-            .filter_map(|(k, v)| match v {
-                Value::String(s) => Some((k.clone(), s.clone())),
-                Value::Number(_) | Value::Bool(_) => Some((k.clone(), v.to_string())),
-                _ => None,
-            })
-            .collect();
         let request = EnqueueRequest {
             call_id: t.call_id.clone(),
             session_id: self.cfg.session_id.clone(),
@@ -114,13 +117,13 @@ impl<L: CallLink> Driver<'_, L> {
             escalation_reason: reason.to_string(),
             target: EnqueueTarget { id: None, label: target.to_string(), value: destination.to_string() },
             transcript: self.desk_transcript(),
-            variables,
+            variables: crate::variables::call_variables(&self.cfg, meta),
             context: meta.connected_event.clone(),
             enqueued_at: chrono::Utc::now(),
         };
         let entry = match desk.enqueue(&request) {
             Ok(e) => e,
-            Err(e) => return TransferStart::Done(Err(format!("Agent Desk request is invalid: {e}"))),
+            Err(e) => return TransferStart::Done(Err(HandoffError::Request(e).into())),
         };
         let outbox = self.app.delivery.outbox().clone();
         TransferStart::Pending(Box::pin(
@@ -133,7 +136,7 @@ impl<L: CallLink> Driver<'_, L> {
                     }
                     Err(e) => {
                         error!(error = %e, "could not persist the Agent Desk handoff");
-                        Err(format!("the handoff could not be queued: {e}"))
+                        Err(HandoffError::Queue(e).into())
                     }
                 }
             }
@@ -141,8 +144,10 @@ impl<L: CallLink> Driver<'_, L> {
         ))
     }
 
-    /// Keep the caller company until the handed-off call is over.
-    pub(super) async fn hold(&mut self, tts_rx: &mut Option<mpsc::Receiver<TtsEvent>>) -> HandoffReport {
+    /// Keep the caller company until the handed-off call is over. The hold worker sets the pace:
+    /// the loop sleeps until its next deadline, forwards the hold message's TTS audio to it and
+    /// writes the frames it releases.
+    pub(super) async fn hold(&mut self) -> HandoffReport {
         let s = &self.app.settings.livekit;
         let rate = self.link.meta().sample_rate;
         let audio = HoldAudio::load(&s.hold_audio, rate).or_else(|e| {
@@ -156,7 +161,8 @@ impl<L: CallLink> Driver<'_, L> {
             ..HoldConfig::default()
         };
         let started_utc = chrono::Utc::now();
-        let origin = self.now();
+        // Hold time zero, on the call's clock.
+        let origin = self.t0 + self.now();
         let audio = match audio {
             Ok(a) => a,
             Err(e) => {
@@ -174,16 +180,12 @@ impl<L: CallLink> Driver<'_, L> {
         };
         let mut hold = Hold::new(cfg, audio);
         let mut events = Vec::new();
-        let mut message: VecDeque<i16> = VecDeque::new();
+        // The TTS context of the hold message being spoken; audio of any other is stale.
         let mut message_ctx: Option<String> = None;
-        let mut message_synth_done = false;
         let mut messages = 0u32;
-        let frame_len = (rate as usize / 50).max(1);
-        let mut frame = Vec::with_capacity(frame_len);
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut wake = Deadline::new();
         info!("caller on hold for Agent Desk");
-        hold.handle(self.now() - origin, HoldInput::Start);
+        hold.handle(origin.elapsed(), HoldInput::Start);
         let report = loop {
             // Perform what the hold worker asked for.
             let mut ended = None;
@@ -192,32 +194,29 @@ impl<L: CallLink> Driver<'_, L> {
                     HoldAction::Speak { text } => {
                         messages += 1;
                         let ctx = format!("h{messages}");
-                        message.clear();
-                        message_synth_done = false;
-                        match &self.tts {
+                        match &self.providers.tts {
                             Some(t) if t.speak(&ctx, &text).and_then(|_| t.flush(&ctx)).is_ok() => {
                                 message_ctx = Some(ctx)
                             }
                             _ => {
                                 warn!("cannot speak the hold message; music only");
                                 message_ctx = None;
-                                hold.handle(self.now() - origin, HoldInput::MessageDone);
+                                hold.handle(origin.elapsed(), HoldInput::MessageDone);
                             }
                         }
                     }
                     HoldAction::StopAudio => {
-                        if let (Some(ctx), Some(t)) = (message_ctx.take(), &self.tts) {
+                        if let (Some(ctx), Some(t)) = (message_ctx.take(), &self.providers.tts) {
                             let _ = t.cancel(&ctx);
                         }
-                        message.clear();
                         self.link.clear();
-                        if let Some(rec) = &mut self.rec {
+                        if let Some(rec) = &mut self.recording {
                             rec.bot_cleared(self.t0.elapsed());
                         }
                     }
                     HoldAction::Event { kind, at, data } => {
                         let at_utc = started_utc + chrono::Duration::from_std(at).unwrap_or_default();
-                        self.extra_events.push(self.event(kind, Value::Object(data.clone())));
+                        self.log.events.push(self.event(kind, Value::Object(data.clone())));
                         events.push(AgentDeskEvent::new(kind, at_utc, data));
                     }
                     HoldAction::End { outcome, reason, at: _, hold: held, agent_joined } => {
@@ -236,40 +235,26 @@ impl<L: CallLink> Driver<'_, L> {
                 report.events = std::mem::take(&mut events);
                 break report;
             }
+            // The hold message and the music, as the worker's pacing releases them.
+            let now = origin.elapsed();
+            while let Some(frame) = hold.poll_frame(now) {
+                if let Some(rec) = &mut self.recording {
+                    rec.bot(frame, self.t0.elapsed());
+                }
+                self.link.audio(frame);
+            }
             if !self.link.flush().await {
-                hold.handle(self.now() - origin, HoldInput::CustomerLeft { reason: "link closed".into() });
+                hold.handle(origin.elapsed(), HoldInput::CustomerLeft { reason: "link closed".into() });
                 continue;
             }
+            wake.set(hold.poll_timeout().map(|t| tokio::time::Instant::from_std(origin + t)));
             tokio::select! {
-                _ = tick.tick() => {
-                    let now = self.now() - origin;
-                    hold.handle_timeout(now);
-                    // The hold message, paced at one frame per tick; music otherwise.
-                    if message_ctx.is_some() && !message.is_empty() {
-                        frame.clear();
-                        frame.extend(message.drain(..frame_len.min(message.len())));
-                        frame.resize(frame_len, 0);
-                        self.play_hold_frame(&frame);
-                    } else if message_ctx.is_some() && message_synth_done {
-                        message_ctx = None;
-                        hold.handle(now, HoldInput::MessageDone);
-                    }
-                    let mut released = 0;
-                    while let Some(f) = hold.poll_frame(now) {
-                        frame.clear();
-                        frame.extend_from_slice(f);
-                        self.play_hold_frame(&frame);
-                        released += 1;
-                        if released >= 4 {
-                            break;
-                        }
-                    }
-                }
+                () = wake.passed() => hold.handle_timeout(origin.elapsed()),
                 ev = self.link.recv() => {
-                    let now = self.now() - origin;
+                    let now = origin.elapsed();
                     match ev {
                         LinkEvent::Inbound(Inbound::Audio(pcm)) => {
-                            if let Some(rec) = &mut self.rec {
+                            if let Some(rec) = &mut self.recording {
                                 rec.customer(&pcm, self.t0.elapsed());
                             }
                         }
@@ -278,7 +263,7 @@ impl<L: CallLink> Driver<'_, L> {
                         }
                         LinkEvent::Inbound(_) | LinkEvent::Protocol(_) => {}
                         LinkEvent::AgentAudio(pcm) => {
-                            if let Some(rec) = &mut self.rec {
+                            if let Some(rec) = &mut self.recording {
                                 rec.bot(&pcm, self.t0.elapsed());
                             }
                         }
@@ -297,44 +282,41 @@ impl<L: CallLink> Driver<'_, L> {
                         LinkEvent::Failed { error, .. } => hold.handle(now, HoldInput::RoomClosed { reason: error }),
                     }
                 }
-                ev = recv_opt(tts_rx) => match ev {
-                    Some(TtsEvent::Audio { context_id, pcm }) if message_ctx.as_deref() == Some(context_id.as_str()) => {
-                        let room = MAX_MESSAGE_SAMPLES.saturating_sub(message.len());
-                        message.extend(pcm.iter().take(room));
+                ev = recv_opt(&mut self.providers.tts_rx) => {
+                    let now = origin.elapsed();
+                    match ev {
+                        Some(TtsEvent::Audio { context_id, pcm }) if message_ctx.as_deref() == Some(context_id.as_str()) => {
+                            hold.handle(now, HoldInput::MessageAudio(pcm))
+                        }
+                        Some(TtsEvent::Done { context_id }) if message_ctx.as_deref() == Some(context_id.as_str()) => {
+                            message_ctx = None;
+                            hold.handle(now, HoldInput::MessageSynthDone);
+                        }
+                        Some(TtsEvent::Error { error, .. }) => {
+                            warn!(error = %error, "hold message synthesis failed; music only");
+                            message_ctx = None;
+                            hold.handle(now, HoldInput::MessageDone);
+                        }
+                        Some(_) => {}
+                        None => {
+                            self.providers.tts_rx = None;
+                            message_ctx = None;
+                            hold.handle(now, HoldInput::MessageSynthDone);
+                        }
                     }
-                    Some(TtsEvent::Done { context_id }) if message_ctx.as_deref() == Some(context_id.as_str()) => {
-                        message_synth_done = true;
-                    }
-                    Some(TtsEvent::Error { error, .. }) => {
-                        warn!(error = %error, "hold message synthesis failed; music only");
-                        message_synth_done = true;
-                        message.clear();
-                    }
-                    Some(_) => {}
-                    None => {
-                        *tts_rx = None;
-                        message_synth_done = true;
-                    }
-                },
+                }
             }
         };
         info!(outcome = %report.outcome, reason = %report.reason, hold_s = report.hold.as_secs(), agent_joined = report.agent_joined, "handoff over");
-        self.extra_events.push(self.event(
+        self.log.events.push(self.event(
             "agent_desk_ended",
             json!({"outcome": report.outcome.as_str(), "reason": report.reason, "hold_seconds": report.hold.as_secs_f64(), "agent_joined": report.agent_joined}),
         ));
         if report.hang_up_caller() {
             self.link.hang_up();
-            self.bot_hung_up = true;
+            self.log.bot_hung_up = true;
         }
         report
-    }
-
-    fn play_hold_frame(&mut self, frame: &[i16]) {
-        if let Some(rec) = &mut self.rec {
-            rec.bot(frame, self.t0.elapsed());
-        }
-        self.link.audio(frame);
     }
 
     /// The handed-off call is over: tell Agent Desk everything, durably.

@@ -25,14 +25,17 @@ pub use routes::routes;
 pub const SAMPLE_RATE: u32 = 16_000;
 
 /// `LIVEKIT_*` and the LiveKit call settings.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(educe::Educe, Clone, clap::Args)]
+#[educe(Debug)]
 pub struct LiveKitSettings {
     /// LiveKit server (`wss://…`). Unset: the LiveKit routes answer 503.
     #[arg(long, env = "LIVEKIT_URL")]
     pub livekit_url: Option<String>,
     #[arg(long, env = "LIVEKIT_API_KEY", hide_env_values = true)]
+    #[educe(Debug(method(crate::settings::redact)))]
     pub livekit_api_key: Option<String>,
     #[arg(long, env = "LIVEKIT_API_SECRET", hide_env_values = true)]
+    #[educe(Debug(method(crate::settings::redact)))]
     pub livekit_api_secret: Option<String>,
     /// CXB API base (`https://…/api/v1`) for SIP lookups, minimal results and Agent Desk.
     /// Default: derived from CXB_API_CONFIG_URL (its `/config` suffix removed).

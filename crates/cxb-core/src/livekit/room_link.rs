@@ -14,7 +14,7 @@ use cxb_livekit::{ServerApi, TransferSipParticipant};
 use cxb_transports::{CallMeta, Inbound};
 use tracing::{debug, info, warn, Instrument};
 
-use crate::link::{CallLink, LinkEvent, TransferStart};
+use crate::link::{CallLink, LinkEvent, TransferError, TransferStart};
 
 /// Time for the source's queued audio to reach the caller before we leave the room.
 const PLAYOUT_DRAIN: Duration = Duration::from_millis(250);
@@ -252,25 +252,28 @@ impl RoomLink {
     /// `phone_number`), checked by `transfer_destination`.
     fn sip_refer(&mut self, destination: &str, method: &str, kind: &str) -> TransferStart {
         if method != cxb_wire::transfer::METHOD_SIP_REFER {
-            return TransferStart::Done(Err(format!("method {method:?} cannot be used on a {} call", self.name)));
+            return TransferStart::Done(Err(TransferError::Method {
+                method: method.to_string(),
+                transport: self.name,
+            }));
         }
         let (Some(server), Some(identity)) = (self.server.clone(), self.caller_identity.clone()) else {
-            return TransferStart::Done(Err("the caller's SIP participant is not known".into()));
+            return TransferStart::Done(Err(TransferError::NoSipParticipant));
         };
         if !self.caller_is_sip {
-            return TransferStart::Done(Err("the caller is not on a SIP call".into()));
+            return TransferStart::Done(Err(TransferError::NotSip));
         }
         let to = match cxb_livekit::transfer_destination(kind, destination, self.country_code.as_deref()) {
             Ok(to) => to,
-            Err(e) => return TransferStart::Done(Err(e.to_string())),
+            Err(e) => return TransferStart::Done(Err(e.into())),
         };
         let request = TransferSipParticipant::new(self.room_name.clone(), identity, to);
         TransferStart::Pending(Box::pin(
             async move {
-                server.transfer_sip_participant(&request).await.map_err(|e| match e.sip_status_code() {
-                    Some(code) => format!("SIP {code}: {e}"),
-                    None => e.to_string(),
-                })
+                server
+                    .transfer_sip_participant(&request)
+                    .await
+                    .map_err(|source| TransferError::Refer { sip_status: source.sip_status_code(), source })
             }
             .in_current_span(),
         ))

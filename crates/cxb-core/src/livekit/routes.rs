@@ -839,7 +839,7 @@ impl RoomCall {
         } else {
             None
         };
-        let options = CallOptions { answered, agent_desk, config_url: self.config_url.clone(), ..Default::default() };
+        let options = CallOptions { answered, agent_desk, ..Default::default() };
         run_conversation(&self.app, link, &self.bot_id, cfg, options).await;
     }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use cxb_providers::llm::{LlmClient, LlmEvent, LlmParams};
 use cxb_providers::ProviderError;
-use cxb_wire::llm::{ChatMessage, ChatRequest, Usage};
+use cxb_wire::llm::{ChatMessage, ChatRequest, ResponseFormat, Usage};
 use cxb_wire::result::{CallResultsPayload, LlmPurpose, Speaker};
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
@@ -130,6 +130,7 @@ pub fn request(
     model: &str,
     prompt: &str,
     call_text: &str,
+    response: ResponseFormat,
     extra: Map<String, Value>,
     max_tokens: u32,
     temperature: Option<f32>,
@@ -144,7 +145,8 @@ pub fn request(
         temperature,
         max_tokens: Some(max_tokens),
         extra,
-        ..Default::default()
+        response,
+        prompt_cache: None,
     }
 }
 
@@ -181,7 +183,7 @@ async fn complete(
                     text.push_str(&t);
                 }
             }
-            Some(LlmEvent::ToolCalls(_)) => {}
+            Some(LlmEvent::ToolCalls(_) | LlmEvent::Cache(_)) => {}
             Some(LlmEvent::Done { finish_reason, usage }) => return Ok((text, finish_reason, usage)),
             Some(LlmEvent::Error(e)) => return Err(e),
             None => {

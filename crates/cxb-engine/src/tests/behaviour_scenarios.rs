@@ -5,11 +5,11 @@ use super::*;
 
 const LONG_ANSWER: &str = "Your order shipped yesterday and should arrive tomorrow before noon at your door. ";
 
-fn events(sim: &Sim, kind: &str) -> Vec<Value> {
+pub(super) fn events(sim: &Sim, kind: &str) -> Vec<Value> {
     sim.conv.record().events.iter().filter(|e| e.kind == kind).map(|e| Value::Object(e.data.clone())).collect()
 }
 
-fn llm_requests(sim: &Sim) -> Vec<Vec<ChatMessage>> {
+pub(super) fn llm_requests(sim: &Sim) -> Vec<Vec<ChatMessage>> {
     sim.log
         .iter()
         .filter_map(|(_, a)| match a {
@@ -19,7 +19,7 @@ fn llm_requests(sim: &Sim) -> Vec<Vec<ChatMessage>> {
         .collect()
 }
 
-fn spoken(sim: &Sim) -> Vec<String> {
+pub(super) fn spoken(sim: &Sim) -> Vec<String> {
     sim.log
         .iter()
         .filter_map(|(_, a)| match a {
@@ -33,11 +33,11 @@ fn tool_names(sim: &Sim) -> Vec<String> {
     sim.conv.tools().iter().filter_map(|t| t["function"]["name"].as_str().map(str::to_string)).collect()
 }
 
-fn clears(sim: &Sim) -> usize {
+pub(super) fn clears(sim: &Sim) -> usize {
     sim.count(|a| matches!(a, Action::ClearAudio))
 }
 
-fn tool(name: &'static str, args: &'static str) -> Option<Reply> {
+pub(super) fn tool(name: &'static str, args: &'static str) -> Option<Reply> {
     Some(Reply { text: "", tools: vec![(name, args)] })
 }
 
@@ -53,33 +53,38 @@ fn bot_mid_answer(c: EngineConfig) -> Sim {
     sim
 }
 
+fn transfer_targets() -> Vec<TransferTarget> {
+    vec![
+        TransferTarget {
+            id: Some("t1".into()),
+            label: "Sales".into(),
+            method: "websocket_reverse_transfer".into(),
+            kind: "extension".into(),
+            value: "2001".into(),
+            is_default: true,
+            enabled: true,
+        },
+        TransferTarget {
+            id: Some("t2".into()),
+            label: "Desk".into(),
+            method: "livekit_sip_refer".into(),
+            kind: "sip_uri".into(),
+            value: "sip:desk@example.com".into(),
+            is_default: false,
+            enabled: true,
+        },
+    ]
+}
+
+/// What the driver hands the engine for a call on `transport`: the targets it can reach.
+fn transfer_options(targets: &[TransferTarget], transport: &str) -> Option<TransferOptions> {
+    TransferChoices::for_transport(targets, &BTreeMap::new(), transport)
+        .map(|choices| TransferOptions { choices, pre_transfer_message: "Please hold while I transfer you.".into() })
+}
+
 pub(super) fn transfer_cfg() -> EngineConfig {
     let mut c = cfg();
-    c.transfer = Some(TransferOptions {
-        targets: vec![
-            TransferTarget {
-                id: Some("t1".into()),
-                label: "Sales".into(),
-                method: "websocket_reverse_transfer".into(),
-                kind: "extension".into(),
-                value: "2001".into(),
-                is_default: true,
-                enabled: true,
-            },
-            TransferTarget {
-                id: Some("t2".into()),
-                label: "Desk".into(),
-                method: "livekit_sip_refer".into(),
-                kind: "sip_uri".into(),
-                value: "sip:desk@example.com".into(),
-                is_default: false,
-                enabled: true,
-            },
-        ],
-        numbers: BTreeMap::new(),
-        transport: "websocket".into(),
-        pre_transfer_message: "Please hold while I transfer you.".into(),
-    });
+    c.transfer = transfer_options(&transfer_targets(), "websocket");
     c
 }
 
@@ -636,10 +641,12 @@ fn transfer_announces_then_transfers_to_the_resolved_target() {
     assert_eq!(
         t,
         Action::Transfer {
-            destination: "2001".into(),
-            method: "websocket_reverse_transfer".into(),
-            kind: "extension".into(),
-            target: "Sales".into(),
+            to: ResolvedTransfer {
+                destination: "2001".into(),
+                method: "websocket_reverse_transfer".into(),
+                kind: "extension".into(),
+                target: "Sales".into(),
+            },
             reason: "wants sales".into()
         }
     );
@@ -657,10 +664,8 @@ fn transfer_announces_then_transfers_to_the_resolved_target() {
 
 #[test]
 fn an_agent_desk_handoff_ends_the_conversation_without_hanging_up() {
-    let mut c = transfer_cfg();
-    let options = c.transfer.as_mut().unwrap();
-    options.transport = "livekit_inbound".into();
-    options.targets = vec![TransferTarget {
+    let mut c = cfg();
+    let queue = TransferTarget {
         id: Some("q1".into()),
         label: "Collections desk".into(),
         method: "agent_desk".into(),
@@ -668,7 +673,8 @@ fn an_agent_desk_handoff_ends_the_conversation_without_hanging_up() {
         value: "collections".into(),
         is_default: true,
         enabled: true,
-    }];
+    };
+    c.transfer = transfer_options(&[queue], "livekit_inbound");
     let mut sim = Sim::new(c);
     sim.llm_script.push_back(tool(TRANSFER_TOOL, r#"{"reason":"wants a person"}"#));
     sim.input(Input::Start);
@@ -676,8 +682,11 @@ fn an_agent_desk_handoff_ends_the_conversation_without_hanging_up() {
     sim.caller_says("let me talk to a real person", 1000);
     sim.advance(secs(6.0));
     let t = sim.log.iter().find(|(_, a)| matches!(a, Action::Transfer { .. })).expect("handed off").1.clone();
-    let Action::Transfer { destination, method, kind, .. } = t else { unreachable!() };
-    assert_eq!((destination.as_str(), method.as_str(), kind.as_str()), ("collections", "agent_desk", "agent_queue"));
+    let Action::Transfer { to, .. } = t else { unreachable!() };
+    assert_eq!(
+        (to.destination.as_str(), to.method.as_str(), to.kind.as_str()),
+        ("collections", "agent_desk", "agent_queue")
+    );
     // A durable enqueue ends the bot's part; the caller is not hung up on.
     assert_eq!(sim.ended(), Some((DisconnectedBy::TransferToAgent, false)));
     assert_eq!(events(&sim, "transfer_sent").len(), 1);
@@ -778,7 +787,7 @@ fn transfer_is_offered_only_where_it_can_work() {
     assert!(tool_names(&Sim::new(transfer_cfg())).contains(&TRANSFER_TOOL.to_string()));
     assert!(!tool_names(&Sim::new(cfg())).contains(&TRANSFER_TOOL.to_string()));
     let mut exotel = transfer_cfg();
-    exotel.transfer.as_mut().unwrap().transport = "exotel".into();
+    exotel.transfer = transfer_options(&transfer_targets(), "exotel");
     assert!(!tool_names(&Sim::new(exotel)).contains(&TRANSFER_TOOL.to_string()));
 }
 

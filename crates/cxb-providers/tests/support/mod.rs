@@ -3,6 +3,8 @@
 // Each test binary uses a different subset; the handshake callback type is tungstenite's.
 #![allow(dead_code, clippy::result_large_err)]
 
+pub mod llm;
+
 use std::future::Future;
 use std::time::Duration;
 
