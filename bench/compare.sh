@@ -34,6 +34,11 @@
 #   AUTOGROUP_NICE        weight of the benchmark's scheduler session (default -10; empty: off),
 #                         as in scripts/bench-load.sh: on a shared machine another session's
 #                         build otherwise takes half the CPU whatever nice says
+#   PROFILE=1             also sample each server with `perf record` over the measured window and
+#                         print where its CPU went (bench/perf_breakdown.py; perf-*.data in
+#                         OUT_DIR). Sampling costs the server a little CPU: take the table's
+#                         numbers from runs without it.
+#   PERF_HZ               perf's sampling rate (default 999)
 #   SIM_PORT, CORE_PORT, PIPECAT_PORT   (19400, 18480, 18490)
 set -euo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
@@ -80,17 +85,20 @@ case "$CORE_ROUTE" in
   *) echo "CORE_ROUTE must be exotel or dialler" >&2; exit 1 ;;
 esac
 PIPECAT_DIAL=(--protocol exotel --url "ws://127.0.0.1:$PIPECAT_PORT/exotel/demo")
+if [ -n "${PROFILE:-}" ] && ! command -v perf >/dev/null; then echo "PROFILE=1 needs perf" >&2; exit 1; fi
 for b in "$CORE_BIN" "$SIM_BIN" "$VENV/bin/python"; do
   [ -x "$b" ] || { echo "no executable $b (build first, or set BIN_DIR)" >&2; exit 1; }
 done
 mkdir -p "$OUT"
 ROWS=$OUT/rows.jsonl
 : >"$ROWS"
+rm -f "$OUT"/perf-*
 ulimit -n 65536 2>/dev/null || true
 DATA=$(mktemp -d)
 SERVER_PID=
+PERF_PID=
 cleanup() {
-  for p in "${SERVER_PID:-}" "${SIM_PID:-}"; do
+  for p in "${PERF_PID:-}" "${SERVER_PID:-}" "${SIM_PID:-}"; do
     if [ -n "$p" ]; then kill "$p" 2>/dev/null || true; fi
   done
   rm -rf "$DATA"
@@ -146,6 +154,10 @@ run() {
   sleep 1 # let start-up work settle before the idle reading
   local idle_kb r0 t0 b0 s0 w0 t1 b1 s1 w1 peak_kb
   idle_kb=$(status_kb "$SERVER_PID" VmRSS); r0=$(results_stored)
+  if [ -n "${PROFILE:-}" ]; then
+    perf record -q -F "${PERF_HZ:-999}" -p "$SERVER_PID" -o "$OUT/perf-$stack-$n.data" 2>"$OUT/perf-$stack-$n.log" &
+    PERF_PID=$!
+  fi
   t0=$(ticks "$SERVER_PID"); s0=$(ticks "$SIM_PID"); b0=$(busy); w0=$(date +%s.%N)
   "$SIM_BIN" dial --threads 1 "${dial[@]}" --calls "$n" --concurrency "$n" --ramp-ms "$RAMP_MS" \
     --scenario "$SCENARIO" --sim-url "$SIM_HTTP" --out "$summary" >/dev/null 2>"$OUT/dial-$stack-$n.log" || true
@@ -159,10 +171,17 @@ run() {
   fi
   t1=$(ticks "$SERVER_PID"); s1=$(ticks "$SIM_PID"); b1=$(busy); w1=$(date +%s.%N)
   peak_kb=$(status_kb "$SERVER_PID" VmHWM)
+  if [ -n "$PERF_PID" ]; then kill -INT "$PERF_PID"; wait "$PERF_PID" || true; PERF_PID=; fi
   stop_server
   python3 bench/compare_report.py row --stack "$stack" --calls "$n" --summary "$summary" \
     --ticks0 "$t0" --ticks1 "$t1" --hz "$HZ" --idle-kb "$idle_kb" --peak-kb "$peak_kb" \
     --busy $((b1 - b0 - (s1 - s0))) --wall "$(awk -v a="$w0" -v b="$w1" 'BEGIN {print b - a}')" >>"$ROWS"
+  if [ -n "${PROFILE:-}" ]; then
+    local per_call
+    per_call=$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1]).get("cpu_per_call") or "")' "$ROWS")
+    python3 bench/perf_breakdown.py "$OUT/perf-$stack-$n.data" ${per_call:+--cpu-per-call "$per_call"} \
+      >"$OUT/perf-$stack-$n.md" 2>&1 || true
+  fi
 }
 
 echo "scheduling: session $(cat /proc/self/autogroup 2>/dev/null || echo '(no autogroup)'); cxb-core route: $CORE_ROUTE; $(nproc) CPUs" >&2
@@ -190,3 +209,6 @@ echo
 echo "Same calls for both: $(basename "$SCENARIO"), caller audio in real time (20 ms frames), calls started ${RAMP_MS} ms apart;"
 echo "provider doubles with LLM TTFT 150 ms, TTS TTFB 100 ms (subtracted from the latency), STT 80 ms after a 200 ms endpoint."
 echo "cxb-core over $CORE_ROUTE, Pipecat over Exotel (ExotelFrameSerializer), 8 kHz. Rows: $ROWS."
+if [ -n "${PROFILE:-}" ]; then
+  for f in "$OUT"/perf-*.md; do echo; echo "Where the CPU went, $(basename "$f" .md) (self time; sampled, so not the table's run):"; cat "$f"; done
+fi

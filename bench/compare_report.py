@@ -53,6 +53,9 @@ def row(a: argparse.Namespace) -> dict:
         protocol_violations=int(s.get("protocol_violations", 0)),
         violation_kinds=s.get("protocol_violation_kinds") or {},
         barge_in_stops=f"{s.get('media_stops', 0)}/{s.get('barge_in_says', 0)}",
+        # Bot hang-ups, and those with less than the dialler's minimum of goodbye audio before them.
+        bot_hangups=int(s.get("bot_hangups", 0)),
+        silent_hangups=int(s.get("silent_bot_hangups", 0)),
         # CPU the rest of the machine used meanwhile (not this stack, not the dialler), in cores.
         other_load_cores=round(others / max(a.wall, 1e-9), 2),
     )
@@ -73,13 +76,13 @@ def table(path: str) -> None:
     print(
         "| stack | calls | completed | failed | CPU-s per call | CPU-s per call-minute | RSS per call (MB) "
         "| latency minus injected p50 / p95 / p99 (ms) | greeting minus TTS TTFB p50 / p99 (ms) "
-        "| CPU ratio to cxb-core | protocol violations | other load (cores) |"
+        "| CPU ratio to cxb-core | goodbyes heard / bot hang-ups | protocol violations | other load (cores) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "skipped" in r or "error" in r:
             why = r.get("skipped") or r.get("error")
-            print(f"| {r['stack']} | {r['calls']} | {why} | | | | | | | | | |")
+            print(f"| {r['stack']} | {r['calls']} | {why} | | | | | | | | | | |")
             continue
         base = core_cpu.get(r["calls"])
         mine = r.get("cpu_per_call")
@@ -88,10 +91,12 @@ def table(path: str) -> None:
         if r.get("latency_count"):
             lat = " / ".join(fmt(r.get(k), ".0f") for k in ("latency_p50", "latency_p95", "latency_p99"))
         opening = " / ".join(fmt(r.get(k), ".0f") for k in ("opening_p50", "opening_p99"))
+        hangups = r.get("bot_hangups", 0)
+        goodbyes = f"{hangups - r.get('silent_hangups', 0)} / {hangups}"
         print(
             f"| {r['stack']} | {r['calls']} | {r['completed']} | {r['failed']} | {fmt(mine, '.3f')} "
             f"| {fmt(r.get('cpu_per_call_minute'), '.3f')} | {r['rss_per_call_mb']:.2f} | {lat} | {opening} | {ratio} "
-            f"| {r['protocol_violations']} | {r['other_load_cores']:.2f} |"
+            f"| {goodbyes} | {r['protocol_violations']} | {r['other_load_cores']:.2f} |"
         )
     for r in rows:
         if r.get("failure_reasons"):

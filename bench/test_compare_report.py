@@ -23,6 +23,8 @@ SUMMARY = {
     "protocol_violation_kinds": {"media.ahead_of_real_time": 2},
     "media_stops": 9,
     "barge_in_says": 9,
+    "bot_hangups": 9,
+    "silent_bot_hangups": 1,
 }
 
 
@@ -92,7 +94,7 @@ class TableTest(unittest.TestCase):
         self.assertEqual(len(lines), 6)
         self.assertIn("| cxb-core | 10 | 9 | 1 | 0.200 | 0.400 | 1.00 | 504 / 511 / 531 | 3 / 8 | 1.0× |", lines[2])
         self.assertIn("| pipecat | 10 | 9 | 1 | 2.000 | 4.000 |", lines[3])
-        self.assertIn("| 10.0× |", lines[3])
+        self.assertIn("| 10.0× | 8 / 9 | 2 |", lines[3])
         # Every call failed: no latency, no CPU per call, no ratio.
         self.assertIn("| pipecat | 10 | 0 | 10 | n/a | 2.222 | 1.00 | n/a | 3 / 8 | n/a |", lines[4])
         self.assertIn("not run: failed > 10 % at 10", lines[5])

@@ -19,8 +19,12 @@ Per call, like cxb-core:
   as cxb-core ends it on its VAD hangover (Pipecat's default would add a Smart Turn model);
 - barge-in after ``min_words_interruption`` words while the bot speaks (Pipecat's
   ``MinWordsUserTurnStartStrategy``);
-- ``end_call(final_message)`` is a function the LLM can call: the bot says the message and ends
-  the pipeline, which closes the socket (Exotel's hang-up); so does ``max_call_duration_seconds``.
+- ``end_call(final_message?)`` is a function the LLM can call, and the caller always hears a
+  goodbye before the hang-up, as cxb-core does (docs/conversation.md, Endings): the
+  ``final_message`` if the LLM gave one, else the LLM is asked once more (the tool result says
+  "Reply now with only a short spoken goodbye") and its reply is spoken; if that reply does not come within
+  ``GOODBYE_WAIT_SECS``, the config's ``end_call_message``. Then the pipeline ends, which closes
+  the socket (Exotel's hang-up); so does ``max_call_duration_seconds``.
 
 Not done here, and done by cxb-core in the same runs: call recording, the results post,
 post-call work. See bench/README.md.
@@ -46,7 +50,11 @@ from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import (
     EndWorkerFrame,
+    Frame,
+    FunctionCallResultFrame,
     FunctionCallResultProperties,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
     TTSSpeakFrame,
 )
 from pipecat.pipeline.pipeline import Pipeline
@@ -56,6 +64,7 @@ from pipecat.processors.aggregators.llm_response_universal import (
     LLMContextAggregatorPair,
     LLMUserAggregatorParams,
 )
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.runner.utils import parse_telephony_websocket
 from pipecat.serializers.exotel import ExotelFrameSerializer
 from pipecat.services.cartesia.tts import CartesiaTTSService
@@ -75,11 +84,22 @@ CONFIG_TIMEOUT_SECS = 5.0
 CONFIG_MAX_BYTES = 1 << 20
 # Silero runs at 8 or 16 kHz, and the pipeline runs at the call's rate.
 SUPPORTED_RATES = (8000, 16000)
+# How long the goodbye asked of the LLM after end_call may take to start before the bot's
+# end_call_message is said instead (cxb-core bounds it by the LLM first-token timeout).
+GOODBYE_WAIT_SECS = 5.0
+DEFAULT_END_CALL_MESSAGE = "Thank you for calling. Goodbye."
+# The end_call tool result when the LLM gave no final_message: what cxb-core tells the model.
+GOODBYE_INSTRUCTION = (
+    "ok: the call will end right after your goodbye. Reply now with only a short spoken goodbye to the "
+    "caller (one sentence) and do not call any tool."
+)
 
 END_CALL = FunctionSchema(
     name="end_call",
-    description="End the call. Say final_message to the caller first.",
-    properties={"final_message": {"type": "string", "description": "Goodbye said before hanging up"}},
+    # cxb-core's built-in end_call, word for word (the same request bytes for the LLM double).
+    description="End the current call. Use it when the conversation is complete or the caller wants to hang up. "
+    "Say goodbye in final_message.",
+    properties={"final_message": {"type": "string", "description": "A short goodbye spoken before hanging up."}},
     required=[],
 )
 
@@ -177,20 +197,77 @@ def build_services(cfg: dict, rate: int):
     return stt, llm, tts
 
 
+def end_call_message(cfg: dict) -> str:
+    message = cfg.get("end_call_message")
+    return message if isinstance(message, str) and message.strip() else DEFAULT_END_CALL_MESSAGE
+
+
 def vad_params(cfg: dict) -> VADParams:
     vad = cfg.get("vad") if isinstance(cfg.get("vad"), dict) else {}
     known = ("confidence", "start_secs", "stop_secs", "min_volume")
     return VADParams(**{k: float(vad[k]) for k in known if isinstance(vad.get(k), (int, float))})
 
 
+class HangUpAfterGoodbye(FrameProcessor):
+    """Between the LLM and the TTS: ends the call once the goodbye asked after end_call is said.
+
+    ``end_call`` without a ``final_message`` answers the tool call and runs the LLM again. The
+    tool result passes here on its way to the context; the next LLM response is the goodbye, and
+    the EndWorkerFrame pushed behind its end reaches the output after its audio. If no response
+    starts within ``GOODBYE_WAIT_SECS``, the fallback message is said instead.
+    """
+
+    def __init__(self, fallback: str):
+        super().__init__()
+        self._fallback = fallback
+        self._armed = False
+        self._in_goodbye = False
+        self._timer: asyncio.Task | None = None
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        await self.push_frame(frame, direction)
+        if direction != FrameDirection.DOWNSTREAM:
+            return
+        if isinstance(frame, FunctionCallResultFrame) and frame.function_name == "end_call":
+            if frame.properties is not None and frame.properties.run_llm:
+                self._armed = True
+                self._timer = self.create_task(self._say_fallback_if_silent(), "goodbye_wait")
+        elif self._armed and isinstance(frame, LLMFullResponseStartFrame):
+            self._in_goodbye = True
+            await self._stop_timer()
+        elif self._in_goodbye and isinstance(frame, LLMFullResponseEndFrame):
+            self._armed = self._in_goodbye = False
+            await self.push_frame(EndWorkerFrame(reason="end_call"))
+
+    async def _say_fallback_if_silent(self):
+        await asyncio.sleep(GOODBYE_WAIT_SECS)
+        if self._armed and not self._in_goodbye:
+            self._armed = False
+            await self.push_frame(TTSSpeakFrame(self._fallback))
+            await self.push_frame(EndWorkerFrame(reason="end_call"))
+
+    async def _stop_timer(self):
+        if self._timer is not None:
+            await self.cancel_task(self._timer)
+            self._timer = None
+
+    async def cleanup(self):
+        await self._stop_timer()
+        await super().cleanup()
+
+
 async def end_call(params: FunctionCallParams):
-    """The LLM's end_call: say the final message, then end the pipeline (closes the socket)."""
+    """The LLM's end_call: a goodbye, then the end of the pipeline (which closes the socket)."""
     final = params.arguments.get("final_message")
-    await params.result_callback({"ended": True}, properties=FunctionCallResultProperties(run_llm=False))
     if isinstance(final, str) and final.strip():
+        await params.result_callback({"ended": True}, properties=FunctionCallResultProperties(run_llm=False))
         await params.llm.push_frame(TTSSpeakFrame(final))
-    # Downstream, behind the goodbye: the worker ends once the frames ahead of it are flushed.
-    await params.llm.push_frame(EndWorkerFrame(reason="end_call"))
+        # Downstream, behind the goodbye: the worker ends once the frames ahead of it are flushed.
+        await params.llm.push_frame(EndWorkerFrame(reason="end_call"))
+        return
+    # No goodbye given: the LLM's next reply is it (HangUpAfterGoodbye ends the call behind it).
+    await params.result_callback(GOODBYE_INSTRUCTION, properties=FunctionCallResultProperties(run_llm=True))
 
 
 async def run_call(websocket: WebSocket, call: Any, cfg: dict, rate: int):
@@ -232,6 +309,7 @@ async def run_call(websocket: WebSocket, call: Any, cfg: dict, rate: int):
             stt,
             user_aggregator,
             llm,
+            HangUpAfterGoodbye(end_call_message(cfg)),
             tts,
             transport.output(),
             assistant_aggregator,
