@@ -116,6 +116,8 @@ HZ=$(getconf CLK_TCK)
 ticks() { awk '{print $14+$15+$16+$17}' "/proc/$1/stat"; }
 status_kb() { awk -v k="$2:" '$1==k {print $2}' "/proc/$1/status"; }
 busy() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
+# last_row KEY DEFAULT: a field of the newest row (DEFAULT when absent or null).
+last_row() { python3 -c 'import json,sys; v=json.loads(open(sys.argv[1]).read().splitlines()[-1]).get(sys.argv[2]); print(sys.argv[3] if v is None else v)' "$ROWS" "$1" "$2"; }
 results_stored() { curl -sf "$SIM_HTTP/sim/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["results_stored"])'; }
 
 # start_server STACK LOG: a fresh server process in SERVER_PID, serving once /health answers.
@@ -178,7 +180,7 @@ run() {
     --busy $((b1 - b0 - (s1 - s0))) --wall "$(awk -v a="$w0" -v b="$w1" 'BEGIN {print b - a}')" >>"$ROWS"
   if [ -n "${PROFILE:-}" ]; then
     local per_call
-    per_call=$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1]).get("cpu_per_call") or "")' "$ROWS")
+    per_call=$(last_row cpu_per_call "")
     python3 bench/perf_breakdown.py "$OUT/perf-$stack-$n.data" ${per_call:+--cpu-per-call "$per_call"} \
       >"$OUT/perf-$stack-$n.md" 2>&1 || true
   fi
@@ -196,7 +198,7 @@ for i in "${!LEVELS[@]}"; do
     fi
     run "$stack" "$n"
     if [ "$stack" = pipecat ]; then
-      failed=$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1]).get("failed", sys.argv[2]))' "$ROWS" "$n")
+      failed=$(last_row failed "$n")
       [ $((failed * 100)) -gt $((n * PIPECAT_FAIL_PCT)) ] && PIPECAT_STOPPED=$n
     fi
     sleep 2
