@@ -36,7 +36,7 @@
 #                         build otherwise takes half the CPU whatever nice says
 #   PROFILE=1             also sample each server with `perf record` over the measured window and
 #                         print where its CPU went (bench/perf_breakdown.py; perf-*.data in
-#                         OUT_DIR). Sampling costs the server a little CPU: take the table's
+#                         OUT_DIR) and its context switches per call (`perf stat`). Sampling costs the server a little CPU: take the table's
 #                         numbers from runs without it.
 #   PERF_HZ               perf's sampling rate (default 999)
 #   SIM_PORT, CORE_PORT, PIPECAT_PORT   (19400, 18480, 18490)
@@ -97,8 +97,9 @@ ulimit -n 65536 2>/dev/null || true
 DATA=$(mktemp -d)
 SERVER_PID=
 PERF_PID=
+STAT_PID=
 cleanup() {
-  for p in "${PERF_PID:-}" "${SERVER_PID:-}" "${SIM_PID:-}"; do
+  for p in "${PERF_PID:-}" "${STAT_PID:-}" "${SERVER_PID:-}" "${SIM_PID:-}"; do
     if [ -n "$p" ]; then kill "$p" 2>/dev/null || true; fi
   done
   rm -rf "$DATA"
@@ -159,6 +160,8 @@ run() {
   if [ -n "${PROFILE:-}" ]; then
     perf record -q -F "${PERF_HZ:-999}" -p "$SERVER_PID" -o "$OUT/perf-$stack-$n.data" 2>"$OUT/perf-$stack-$n.log" &
     PERF_PID=$!
+    perf stat -e task-clock,context-switches,cpu-migrations -p "$SERVER_PID" -o "$OUT/perf-$stack-$n.stat" &
+    STAT_PID=$!
   fi
   t0=$(ticks "$SERVER_PID"); s0=$(ticks "$SIM_PID"); b0=$(busy); w0=$(date +%s.%N)
   "$SIM_BIN" dial --threads 1 "${dial[@]}" --calls "$n" --concurrency "$n" --ramp-ms "$RAMP_MS" \
@@ -173,7 +176,9 @@ run() {
   fi
   t1=$(ticks "$SERVER_PID"); s1=$(ticks "$SIM_PID"); b1=$(busy); w1=$(date +%s.%N)
   peak_kb=$(status_kb "$SERVER_PID" VmHWM)
-  if [ -n "$PERF_PID" ]; then kill -INT "$PERF_PID"; wait "$PERF_PID" || true; PERF_PID=; fi
+  if [ -n "$PERF_PID" ]; then
+    kill -INT "$PERF_PID" "$STAT_PID"; wait "$PERF_PID" "$STAT_PID" || true; PERF_PID=; STAT_PID=
+  fi
   stop_server
   python3 bench/compare_report.py row --stack "$stack" --calls "$n" --summary "$summary" \
     --ticks0 "$t0" --ticks1 "$t1" --hz "$HZ" --idle-kb "$idle_kb" --peak-kb "$peak_kb" \
@@ -182,6 +187,7 @@ run() {
     local per_call
     per_call=$(last_row cpu_per_call "")
     python3 bench/perf_breakdown.py "$OUT/perf-$stack-$n.data" ${per_call:+--cpu-per-call "$per_call"} \
+      --stat "$OUT/perf-$stack-$n.stat" --calls "$(last_row completed 0)" \
       >"$OUT/perf-$stack-$n.md" 2>&1 || true
   fi
 }

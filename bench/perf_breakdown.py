@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Where a server's CPU went, from a `perf record` of one bench/compare.sh run (PROFILE=1).
 
-    perf_breakdown.py perf-STACK-N.data [--cpu-per-call SECS] [--top 15]
+    perf_breakdown.py perf-STACK-N.data [--cpu-per-call SECS] [--top 15] [--stat FILE --calls N]
 
 Reads the samples with `perf script -F ip,sym,dso` and groups them by self time (no call graphs,
 so no frame pointers or DWARF are needed): a Rust symbol goes to its crate (the first path
 segment of the demangled name, `<tokio::net::TcpStream as ...>` → `tokio`), a C or Python symbol to
 its shared object (`libpython3.11`, `libonnxruntime`, the kernel). Prints one Markdown table:
-group, share of the samples and, given the run's CPU-s per call, CPU-ms per call.
+group, share of the samples and, given the run's CPU-s per call, CPU-ms per call. Given a
+`perf stat -e task-clock,context-switches,cpu-migrations` output of the same window and the calls
+completed, also the context switches and migrations per call.
 """
 
 import argparse
@@ -69,11 +71,28 @@ def table(counts: collections.Counter, cpu_per_call: float | None, top: int) -> 
     return out
 
 
+# `     12,345      context-switches      #  ...` (counts may carry thousands separators).
+STAT_LINE = re.compile(r"^\s*([0-9][0-9,.]*)\s+(?:msec\s+)?([a-z-]+)")
+
+
+def stat_per_call(lines, calls: int) -> list[str]:
+    """Context switches and migrations per call from `perf stat` output."""
+    out = []
+    for line in lines:
+        m = STAT_LINE.match(line)
+        if m and m.group(2) in ("context-switches", "cpu-migrations") and calls > 0:
+            count = float(m.group(1).replace(",", ""))
+            out.append(f"{m.group(2)}: {count:.0f} ({count / calls:.0f} per call)")
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("data")
     p.add_argument("--cpu-per-call", type=float)
     p.add_argument("--top", type=int, default=15)
+    p.add_argument("--stat", help="perf stat output of the same window")
+    p.add_argument("--calls", type=int, default=0, help="calls completed in that window")
     a = p.parse_args()
     script = subprocess.run(
         ["perf", "script", "-i", a.data, "-F", "ip,sym,dso"], capture_output=True, text=True, check=False
@@ -81,6 +100,12 @@ def main() -> None:
     if script.returncode != 0:
         sys.exit(f"perf script failed: {script.stderr.strip()}")
     print("\n".join(table(parse(script.stdout.splitlines()), a.cpu_per_call, a.top)))
+    if a.stat:
+        try:
+            with open(a.stat) as f:
+                print("\n".join(stat_per_call(f, a.calls)))
+        except OSError as e:
+            print(f"no perf stat output: {e}")
 
 
 if __name__ == "__main__":

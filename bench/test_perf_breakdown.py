@@ -40,5 +40,28 @@ class GroupTest(unittest.TestCase):
         self.assertEqual(lines[-1], "\n9 samples")
 
 
+STAT = """\
+# started on Mon Dec  7 22:30:00 2026
+
+
+ Performance counter stats for process id '1234':
+
+            842.51 msec task-clock                       #    0.021 CPUs utilized
+            96,410      context-switches                 #  114.431 K/sec
+               812      cpu-migrations                   #  963.789 /sec
+
+      40.112 seconds time elapsed
+"""
+
+
+class StatTest(unittest.TestCase):
+    def test_switches_and_migrations_per_call(self):
+        lines = perf_breakdown.stat_per_call(STAT.splitlines(), calls=20)
+        self.assertEqual(lines, ["context-switches: 96410 (4820 per call)", "cpu-migrations: 812 (41 per call)"])
+
+    def test_no_calls_no_per_call_figures(self):
+        self.assertEqual(perf_breakdown.stat_per_call(STAT.splitlines(), calls=0), [])
+
+
 if __name__ == "__main__":
     unittest.main()
