@@ -544,7 +544,7 @@ async fn a_hanging_llm_is_cut_at_the_timeout() {
     let post = PostCall::new(cxb_providers::llm::LlmClient::new(), &settings(700));
     let t0 = std::time::Instant::now();
     let v = run(&post, &cfg, &summary(DisconnectedBy::Customer, 30.0), &conversation()).await;
-    assert!(t0.elapsed() < Duration::from_secs(3), "bounded by the timeout: {:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_secs(10), "bounded by the timeout: {:?}", t0.elapsed());
     assert_eq!(v["qc_analysis"], json!({"overall_score": 9}), "finished parts are kept");
     let errs = events(&v, "service_error");
     assert_eq!(errs.len(), 1);

@@ -106,7 +106,7 @@ async fn an_audio_source_takes_frames_without_a_room() {
             .expect("capture completes in bounded time")
             .expect("frame captured");
     }
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(started.elapsed() < Duration::from_secs(25));
     source.clear().expect("clear");
     // After a clear, capturing goes on.
     source.capture(&frame).await.expect("frame captured after clear");

@@ -216,5 +216,5 @@ async fn waits_time_out_when_nothing_happens() {
     assert!(!room.wait_for_samples(1, Duration::from_millis(100)).await);
     assert!(!room.wait_disconnected(Duration::from_millis(100)).await);
     assert!(!room.wait_for_clears(1, Duration::from_millis(100)).await);
-    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(started.elapsed() < Duration::from_secs(10), "each wait is bounded");
 }

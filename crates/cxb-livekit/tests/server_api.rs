@@ -384,7 +384,7 @@ async fn hanging_server_times_out_within_bound() {
     let err = api.remove_participant("r", "i").await.unwrap_err();
     let elapsed = started.elapsed();
     assert!(matches!(err, ServerApiError::Timeout(d) if d == Duration::from_millis(300)), "{err:?}");
-    assert!(elapsed >= Duration::from_millis(290) && elapsed < Duration::from_secs(2), "{elapsed:?}");
+    assert!(elapsed >= Duration::from_millis(290) && elapsed < Duration::from_secs(10), "{elapsed:?}");
 
     // A blocking dial-out waits out the ringing timeout plus the margin, not the plain bound.
     let mut req = dial("dialout-h");
@@ -393,7 +393,7 @@ async fn hanging_server_times_out_within_bound() {
     let err = api.create_sip_participant(&req).await.unwrap_err();
     let elapsed = started.elapsed();
     assert!(matches!(err, ServerApiError::Timeout(d) if d == Duration::from_millis(1300)), "{err:?}");
-    assert!(elapsed >= Duration::from_millis(1290) && elapsed < Duration::from_secs(3), "{elapsed:?}");
+    assert!(elapsed >= Duration::from_millis(1290) && elapsed < Duration::from_secs(12), "{elapsed:?}");
     assert_eq!(err.sip_outcome(), SipOutcome::Error);
 }
 

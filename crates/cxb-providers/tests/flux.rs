@@ -225,7 +225,7 @@ async fn flux_connect_is_bounded() {
         ProviderError::Timeout { provider: "deepgram_flux", what } => assert!(what.contains("Connected"), "{what}"),
         other => panic!("unexpected {other:?}"),
     }
-    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(started.elapsed() < Duration::from_secs(10), "bounded");
 }
 
 #[tokio::test]

@@ -296,7 +296,7 @@ async fn slow_server_times_out_within_bound() {
     assert!(out.is_error);
     assert_eq!(out.content, "error: timed out after 300 ms");
     assert_eq!((out.error, out.status), (Some(ToolErrorKind::Timeout), None));
-    assert!(took >= Duration::from_millis(300) && took < Duration::from_millis(1500), "{took:?}");
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(10), "{took:?}");
     assert!(out.elapsed >= Duration::from_millis(300) && out.elapsed <= took);
 }
 
@@ -306,7 +306,7 @@ async fn trickling_body_is_bounded_by_the_same_timeout() {
     let t = tool("trickle", json!({"method": "GET", "url": format!("{}/trickle", srv.base), "timeout_ms": 400}));
     let started = Instant::now();
     let out = t.run(&client(), "{}", &call_vars()).await;
-    assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(10), "bounded: {:?}", started.elapsed());
     assert_eq!(out.content, "error: timed out after 400 ms");
     // The head had arrived and some bytes were read before the deadline.
     assert_eq!(out.status, Some(200));
@@ -347,7 +347,7 @@ async fn huge_streamed_response_is_cut_off_quickly() {
     assert_eq!((out.status, out.error), (Some(200), Some(ToolErrorKind::ResponseTooLarge)));
     // Stopped after the first chunk(s), not after 10 MB.
     assert!(out.response_bytes > 16384 && out.response_bytes <= 256 * 1024, "{}", out.response_bytes);
-    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(took < Duration::from_secs(9), "cut before the 10 s timeout: {took:?}");
 }
 
 #[tokio::test]
