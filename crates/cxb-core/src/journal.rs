@@ -349,6 +349,23 @@ mod tests {
         assert_eq!(p.ended_at.as_deref(), Some("2025-01-02T03:04:17.500Z"));
     }
 
+    #[test]
+    fn a_journal_started_at_the_last_representable_instant_recovers_without_panicking() {
+        // The header comes from disk: its start may be the last instant chrono holds, and the
+        // end instant must not overflow it.
+        let mut h = header(None);
+        h.started_at = DateTime::<Utc>::MAX_UTC;
+        let text = format!(
+            "{}\n{}\n",
+            serde_json::to_string(&h).unwrap(),
+            serde_json::to_string(&CallLine::Event(event("call_answered", 1.0e9))).unwrap()
+        );
+        let j = journal::parse_journal::<CallHeader, CallLine>(Path::new("max.jsonl"), text.as_bytes()).unwrap();
+        let p = recovered_payload(&j, Path::new("/nonexistent"));
+        assert_eq!(p.disconnected_by, Some(DisconnectedBy::Error));
+        assert_eq!(p.events.last().map(|e| e.kind.as_str()), Some("worker_crashed"));
+    }
+
     #[tokio::test]
     async fn progress_journals_only_what_is_new_and_a_missing_recording_is_left_out() {
         let dir = tempfile::tempdir().unwrap();

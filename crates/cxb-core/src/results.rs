@@ -61,7 +61,9 @@ impl CallSummary {
 }
 
 pub(crate) fn rfc3339(start: chrono::DateTime<chrono::Utc>, offset: Duration) -> String {
-    let t = start + chrono::Duration::from_std(offset).unwrap_or_default();
+    // A start time read back from a crash journal can sit at chrono's last representable day;
+    // an end past it is written as the start rather than panicking the recovery.
+    let t = chrono::Duration::from_std(offset).ok().and_then(|d| start.checked_add_signed(d)).unwrap_or(start);
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 

@@ -229,6 +229,15 @@ pub fn read_journal<H: DeserializeOwned, R: DeserializeOwned>(path: &Path) -> Re
         return Err(JournalError::TooLarge { path: path.to_path_buf(), size, max: MAX_JOURNAL_BYTES });
     }
     let bytes = std::fs::read(path).map_err(io_err("read", path))?;
+    parse_journal(path, &bytes)
+}
+
+/// Parses a journal's bytes as [`read_journal`] does after reading the file (`path` names it in
+/// errors and logs). Pure, so the reader can be fuzzed on its own.
+pub fn parse_journal<H: DeserializeOwned, R: DeserializeOwned>(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Journal<H, R>, JournalError> {
     let mut lines = bytes.split_inclusive(|b| *b == b'\n').filter(|l| !l.trim_ascii().is_empty()).peekable();
     let Some(first) = lines.next() else { return Err(JournalError::Empty(path.to_path_buf())) };
     let header = serde_json::from_slice(first)

@@ -84,3 +84,28 @@ pub fn recording_range(data: &[u8]) {
         assert!(start <= end && end < size, "range {start}-{end} of a {size}-byte file");
     }
 }
+
+/// The crash journal reader (`journal::parse_journal`, what `read_journal` does with the file's
+/// bytes) and the recovery that turns a journal into the call's result. Every non-blank line
+/// after the header is a record, a skipped line or the torn tail; the result is always an
+/// `error` ending with a `worker_crashed` event, and it serialises.
+pub fn journal_reader(data: &[u8]) {
+    use cxb_core::journal::{recovered_payload, CallHeader, CallLine};
+    use cxb_delivery::journal::parse_journal;
+    use cxb_wire::result::DisconnectedBy;
+
+    let path = std::path::Path::new("fuzz.jsonl");
+    let Ok(j) = parse_journal::<CallHeader, CallLine>(path, data) else { return };
+    let lines = data.split(|b| *b == b'\n').filter(|l| !l.trim_ascii().is_empty()).count();
+    assert_eq!(
+        j.records.len() + j.skipped_lines + usize::from(j.torn_tail),
+        lines - 1,
+        "every line after the header is accounted for"
+    );
+    // No recording is on disk under this directory: the recovery must not need one.
+    let payload = recovered_payload(&j, std::path::Path::new("/nonexistent/cxb-fuzz"));
+    assert_eq!(payload.disconnected_by, Some(DisconnectedBy::Error));
+    assert_eq!(payload.events.last().map(|e| e.kind.as_str()), Some("worker_crashed"));
+    assert!(payload.recording_key.is_none());
+    serde_json::to_vec(&payload).expect("a recovered result serialises");
+}

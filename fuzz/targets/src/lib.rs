@@ -53,6 +53,7 @@ pub const TARGETS: &[Target] = &[
     Target { name: "livekit_widget", run: core::livekit_widget },
     Target { name: "outbox_entry", run: core::outbox_entry },
     Target { name: "recording_range", run: core::recording_range },
+    Target { name: "journal_reader", run: core::journal_reader },
     Target { name: "knowledge_search", run: knowledge::search_response },
 ];
 
