@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One demo call: starts the provider doubles (cxb-sim on 127.0.0.1:9100, where assets/bots/demo.json
 # points), starts the worker on its embedded default if none is listening on :8080, dials one
-# 3-turn call with a barge-in and end_call, then prints the transcript and where the result went.
+# 3-turn call (the first answer comes from the demo knowledge base, assets/knowledge/demo, through
+# search_knowledge), with a barge-in and end_call, then prints the transcript and where the result went.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bin cxb-core --bin cxb-sim >/dev/null 2>&1 || cargo build --release --bin cxb-core --bin cxb-sim
@@ -10,7 +11,7 @@ cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
 if ! curl -sf http://127.0.0.1:9100/sim/health >/dev/null 2>&1; then
-  target/release/cxb-sim serve --listen 127.0.0.1:9100 >/tmp/cxb-demo-sim.log 2>&1 &
+  target/release/cxb-sim serve --listen 127.0.0.1:9100 --script assets/sim/script-demo.json >/tmp/cxb-demo-sim.log 2>&1 &
   PIDS+=($!)
 fi
 if ! curl -sf http://127.0.0.1:8080/health >/dev/null 2>&1; then
