@@ -84,6 +84,13 @@ impl LkWorker {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// Stop the worker as SIGTERM does: it drains, and its server ends once the calls have.
+    pub fn begin_stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+
     pub async fn health(&self) -> Value {
         self.http.get(format!("{}/health", self.base)).send().await.unwrap().json().await.unwrap()
     }

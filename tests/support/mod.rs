@@ -49,6 +49,25 @@ impl Proc {
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+    /// SIGTERM, as a deploy stops the process.
+    pub fn sigterm(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill runs");
+        assert!(status.success(), "SIGTERM not delivered");
+    }
+    /// Wait until the process has exited (polling every 20 ms); its status, or `None` if it is
+    /// still running after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -255,13 +274,20 @@ impl Worker {
 
 /// Run `cxb-sim dial` against the worker and return its JSON summary.
 pub async fn dial(worker: &Worker, sim: &Sim, bot: &str, scenario: &str, calls: usize) -> Value {
+    dial_url(&worker.ws_url(bot), sim, scenario, calls).await
+}
+
+/// Run `cxb-sim dial` against a call route (`ws://…/ws/{bot}`) and return its JSON summary.
+/// Dropping the future kills the dialler (its calls vanish with it).
+pub async fn dial_url(url: &str, sim: &Sim, scenario: &str, calls: usize) -> Value {
     let out = sim.dir.path().join(format!("dial-{}.json", free_port()));
     let status = tokio::process::Command::new(bin("cxb-sim"))
         .current_dir(repo_root())
+        .kill_on_drop(true)
         .args([
             "dial",
             "--url",
-            &worker.ws_url(bot),
+            url,
             "--calls",
             &calls.to_string(),
             "--concurrency",
@@ -366,33 +392,76 @@ impl RawCall {
         }
     }
 
+    /// Be a dialler's quiet caller: send silence every 20 ms and read the bot's frames until the
+    /// socket closes, answering the bot's `reverse-hangup-call` with `hangup-call` as a dialler
+    /// does. Reports the close and the events seen (consecutive `reverse-media` once).
+    pub async fn talk_until_closed(&mut self, timeout: Duration) -> Closed {
+        let frame = json!({"event":"media","payload": base64_zeros(320)}).to_string();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut events: Vec<String> = vec![];
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    // A failed send means the close is on its way; keep reading for it.
+                    let _ = self.ws.send(Message::Text(frame.clone().into())).await;
+                }
+                msg = tokio::time::timeout_at(deadline, self.ws.next()) => {
+                    let seen = events.len();
+                    if let Some(closed) = note_frame(msg, &mut events, timeout) {
+                        return closed;
+                    }
+                    if events.len() > seen && events.last().map(String::as_str) == Some("reverse-hangup-call") {
+                        let _ = self.ws.send(Message::Text(json!({"event":"hangup-call"}).to_string().into())).await;
+                    }
+                }
+            }
+        }
+    }
+
     /// Read until the socket closes; report the close frame and the events seen.
     pub async fn until_closed(&mut self, timeout: Duration) -> Closed {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut events = vec![];
         loop {
-            match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Ok(Some(Ok(Message::Text(t)))) => {
-                    if let Ok(v) = serde_json::from_str::<Value>(&t) {
-                        if let Some(e) = v["event"].as_str() {
-                            if events.last().map(String::as_str) != Some(e) || e != "reverse-media" {
-                                events.push(e.to_string());
-                            }
-                        }
-                    }
-                }
-                Ok(Some(Ok(Message::Close(f)))) => {
-                    return Closed {
-                        code: f.as_ref().map(|f| u16::from(f.code)),
-                        reason: f.map(|f| f.reason.to_string()).unwrap_or_default(),
-                        events,
-                    };
-                }
-                Ok(None) | Ok(Some(Err(_))) => return Closed { code: None, reason: String::new(), events },
-                Ok(Some(Ok(_))) => {}
-                Err(_) => panic!("socket not closed within {timeout:?}; events so far: {events:?}"),
+            let msg = tokio::time::timeout_at(deadline, self.ws.next()).await;
+            if let Some(closed) = note_frame(msg, &mut events, timeout) {
+                return closed;
             }
         }
+    }
+}
+
+type Read = Option<Result<Message, tokio_tungstenite::tungstenite::Error>>;
+
+/// One read while waiting for a close: a text frame's event is noted in `events` (consecutive
+/// `reverse-media` once); `Some` once the socket has closed. Panics when the read timed out.
+fn note_frame(
+    msg: Result<Read, tokio::time::error::Elapsed>,
+    events: &mut Vec<String>,
+    timeout: Duration,
+) -> Option<Closed> {
+    match msg {
+        Ok(Some(Ok(Message::Text(t)))) => {
+            if let Some(e) =
+                serde_json::from_str::<Value>(&t).ok().and_then(|v| v["event"].as_str().map(str::to_string))
+            {
+                if events.last() != Some(&e) || e != "reverse-media" {
+                    events.push(e);
+                }
+            }
+            None
+        }
+        Ok(Some(Ok(Message::Close(f)))) => Some(Closed {
+            code: f.as_ref().map(|f| u16::from(f.code)),
+            reason: f.map(|f| f.reason.to_string()).unwrap_or_default(),
+            events: std::mem::take(events),
+        }),
+        Ok(None) | Ok(Some(Err(_))) => {
+            Some(Closed { code: None, reason: String::new(), events: std::mem::take(events) })
+        }
+        Ok(Some(Ok(_))) => None,
+        Err(_) => panic!("socket not closed within {timeout:?}; events so far: {events:?}"),
     }
 }
 
@@ -462,6 +531,40 @@ pub fn assert_valid_result(v: &Value) {
             "recording_key without recording_url: {v:#}"
         );
     }
+}
+
+/// Assert that `path` is a complete WAV as the recorder writes it: canonical 44-byte header,
+/// stereo 16-bit, sizes that match the file, every sample readable. Returns its seconds.
+pub fn assert_valid_wav(path: &Path) -> f64 {
+    let len = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).len();
+    let reader = hound::WavReader::open(path).unwrap_or_else(|e| panic!("{} is not a WAV: {e}", path.display()));
+    let spec = reader.spec();
+    assert_eq!((spec.channels, spec.bits_per_sample), (2, 16), "{}", path.display());
+    let frames = u64::from(reader.duration());
+    assert_eq!(44 + frames * 4, len, "{}: the header's sizes cover exactly the file", path.display());
+    let rate = spec.sample_rate;
+    let mut samples = 0u64;
+    for sample in reader.into_samples::<i16>() {
+        sample.expect("readable sample");
+        samples += 1;
+    }
+    assert_eq!(samples, frames * 2);
+    frames as f64 / f64::from(rate)
+}
+
+/// Files under `dir` (recursively) whose name ends with `suffix`.
+pub fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_ending(&p, suffix));
+        } else if p.to_string_lossy().ends_with(suffix) {
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// Poll `check` every 50 ms until it holds (true) or `timeout` passes (false).

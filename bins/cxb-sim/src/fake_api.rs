@@ -168,7 +168,12 @@ async fn config(
                 tokio::time::sleep(state.slow_config_delay).await;
                 Json(bot_config(&state, &bot_id)).into_response()
             }
-            _ => Json(bot_config(&state, &bot_id)).into_response(),
+            _ => {
+                let cfg = bot_config(&state, &bot_id);
+                // The session this config opens: every one must end in a result.
+                record.insert("session_id".into(), cfg["session_id"].clone());
+                Json(cfg).into_response()
+            }
         }
     };
     record.insert("status".into(), json!(response.status().as_u16()));

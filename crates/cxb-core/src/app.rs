@@ -1,4 +1,4 @@
-//! Router, shared state and the non-call routes (health, fleet health, metrics).
+//! Router, shared state and the non-call routes (health, readiness, fleet health, metrics).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,14 +19,17 @@ use tracing::warn;
 use crate::call::run_ws_call;
 use crate::config_client::{valid_bot_id, ConfigSource};
 use crate::delivery::ResultDelivery;
+use crate::drain::Drain;
 use crate::settings::Settings;
-use crate::tracker::CallTracker;
+use crate::tracker::{CallTracker, Refusal};
 
 /// Shared by every route and call task.
 #[derive(Clone)]
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub tracker: CallTracker,
+    /// Post-call work the drain waits for.
+    pub drain: Drain,
     pub config: ConfigSource,
     pub llm: LlmClient,
     pub delivery: ResultDelivery,
@@ -69,10 +72,12 @@ impl AppState {
         metrics::gauge!("cxb_call_slots").set(settings.max_concurrent_calls as f64);
         let livekit = crate::livekit::LiveKit::from_settings(&settings.livekit);
         let knowledge = crate::knowledge::source(&settings, &http).await;
+        let tracker = CallTracker::new(settings.max_concurrent_calls);
         Ok(Self {
             livekit,
             knowledge,
-            tracker: CallTracker::new(settings.max_concurrent_calls),
+            drain: Drain::new(tracker.clone()),
+            tracker,
             settings: Arc::new(settings),
             config,
             llm,
@@ -89,6 +94,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/health/fleet", get(fleet_health))
+        .route("/ready", get(ready))
         .route("/metrics", get(metrics_route))
         .route("/ws/{bot_id}", get(ws_route))
         .route("/recordings/{*key}", get(crate::recordings::serve_recording))
@@ -98,9 +104,23 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The documented 429 body for call-start routes (contract §13.4).
-pub fn at_capacity() -> Response {
-    (StatusCode::TOO_MANY_REQUESTS, Json(json!({"status":"rejected","error":"at_capacity"}))).into_response()
+/// A call-start route's refusal: 429 at capacity (contract §13.4), 503 while draining; the body
+/// is `{"status":"rejected","error":"at_capacity"|"draining"}`.
+pub fn refused(why: Refusal) -> Response {
+    (refusal_status(why), Json(json!({"status":"rejected","error":why.as_str()}))).into_response()
+}
+
+pub fn refusal_status(why: Refusal) -> StatusCode {
+    match why {
+        Refusal::AtCapacity => StatusCode::TOO_MANY_REQUESTS,
+        Refusal::Draining => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// Every refused call is counted by reason and logged with its route.
+pub fn count_refusal(why: Refusal, route: &str) {
+    metrics::counter!("cxb_calls_rejected_total", "reason" => why.as_str()).increment(1);
+    warn!(route, reason = why.as_str(), "refusing a call");
 }
 
 async fn ws_route(State(app): State<AppState>, Path(bot_id): Path<String>, ws: WebSocketUpgrade) -> Response {
@@ -120,10 +140,12 @@ pub fn start_ws_call<T: Transport + 'static>(
         return (StatusCode::NOT_FOUND, Json(json!({"status":"rejected","error":"invalid bot id"}))).into_response();
     }
     let call_id = uuid::Uuid::new_v4().to_string();
-    let Some(slot) = app.tracker.try_acquire(call_id) else {
-        metrics::counter!("cxb_calls_rejected_total", "reason" => "at_capacity").increment(1);
-        warn!(%bot_id, transport = transport.name(), "refusing WebSocket call: at capacity");
-        return at_capacity();
+    let slot = match app.tracker.try_acquire(call_id) {
+        Ok(slot) => slot,
+        Err(why) => {
+            count_refusal(why, transport.name());
+            return refused(why);
+        }
     };
     let max = app.settings.max_frame_bytes;
     ws.max_message_size(max)
@@ -134,16 +156,22 @@ pub fn start_ws_call<T: Transport + 'static>(
         .on_upgrade(move |socket| run_ws_call(app, socket, transport, bot_id, slot))
 }
 
+/// `status` of a draining worker in `/health` and `/ready`.
+const DRAINING: &str = "draining";
+
+/// A draining worker answers `status` `draining` with nothing available, so fleet selection and
+/// HAProxy send it no new call; it never says `ok` again (it stays 200: it is alive).
 fn worker_health(app: &AppState) -> WorkerHealth {
     let calls = app.tracker.active();
     let max = app.tracker.max();
     let total_capacity = max * app.settings.workers;
+    let draining = app.tracker.is_draining();
     WorkerHealth {
-        status: "ok".into(),
+        status: if draining { DRAINING } else { "ok" }.into(),
         worker_calls: calls,
         worker_max: max,
         total_capacity,
-        total_available: total_capacity.saturating_sub(calls),
+        total_available: if draining { 0 } else { total_capacity.saturating_sub(calls) },
         workers: app.settings.workers,
         worker_id: app.settings.worker_id.clone(),
         worker_pid: std::process::id(),
@@ -154,8 +182,20 @@ async fn health(State(app): State<AppState>) -> Json<WorkerHealth> {
     Json(worker_health(&app))
 }
 
+/// `GET /ready`: 200 `{"status":"ready"}` while taking calls, 503 `{"status":"draining"}` once
+/// stopping (Kubernetes readiness: a draining pod leaves the Service at once).
+async fn ready(State(app): State<AppState>) -> Response {
+    if app.tracker.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": DRAINING}))).into_response()
+    } else {
+        Json(json!({"status":"ready"})).into_response()
+    }
+}
+
 async fn fleet_health(State(app): State<AppState>) -> Json<FleetHealth> {
     let me = worker_health(&app);
+    // Free slots per worker: a draining one (this or a peer) has none.
+    let mut available = vec![free_slots(&me)];
     let mut workers = vec![FleetWorker::Up {
         id: me.worker_id.clone(),
         calls: me.worker_calls,
@@ -171,15 +211,25 @@ async fn fleet_health(State(app): State<AppState>) -> Json<FleetHealth> {
             match r {
                 Ok(resp) if resp.status().is_success() => match resp.json::<WorkerHealth>().await {
                     Ok(h) => {
-                        FleetWorker::Up { id: h.worker_id, calls: h.worker_calls, max: h.worker_max, pid: h.worker_pid }
+                        let free = free_slots(&h);
+                        let up = FleetWorker::Up {
+                            id: h.worker_id,
+                            calls: h.worker_calls,
+                            max: h.worker_max,
+                            pid: h.worker_pid,
+                        };
+                        (up, free)
                     }
-                    Err(_) => FleetWorker::Unreachable { id: fallback_id, status: "unreachable".into() },
+                    Err(_) => (FleetWorker::Unreachable { id: fallback_id, status: "unreachable".into() }, 0),
                 },
-                _ => FleetWorker::Unreachable { id: fallback_id, status: "unreachable".into() },
+                _ => (FleetWorker::Unreachable { id: fallback_id, status: "unreachable".into() }, 0),
             }
         }
     });
-    workers.extend(futures_util::future::join_all(peers).await);
+    for (worker, free) in futures_util::future::join_all(peers).await {
+        workers.push(worker);
+        available.push(free);
+    }
     let (mut calls, mut max) = (0, 0);
     for w in &workers {
         if let FleetWorker::Up { calls: c, max: m, .. } = w {
@@ -187,11 +237,20 @@ async fn fleet_health(State(app): State<AppState>) -> Json<FleetHealth> {
             max += m;
         }
     }
-    let mut available = max.saturating_sub(calls);
+    let mut available: u64 = available.iter().sum();
     if app.settings.health_cap16 {
         available = available.min(16);
     }
     Json(FleetHealth { status: "ok".into(), fleet_calls: calls, fleet_max: max, fleet_available: available, workers })
+}
+
+/// A worker's free slots for the fleet: none while it drains.
+fn free_slots(h: &WorkerHealth) -> u64 {
+    if h.status == DRAINING {
+        0
+    } else {
+        h.worker_max.saturating_sub(h.worker_calls)
+    }
 }
 
 async fn metrics_route(State(app): State<AppState>) -> Response {

@@ -6,17 +6,21 @@
 //! outbox refuses it (disk budget reached, I/O error), it is written to
 //! `results/undelivered/` with a loud error: a result is never dropped.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use cxb_delivery::{HttpTarget, NewEntry, Outbox, OutboxError};
-use cxb_wire::result::CallEvent;
+use cxb_delivery::{HttpBody, HttpTarget, NewEntry, Outbox, OutboxError};
 use cxb_wire::CallResultsPayload;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use tracing::{error, info, warn};
 
 use crate::auth;
-use crate::results::write_atomic;
+use crate::results::{after_call_event, write_atomic};
+
+/// Outbox kind of a call result; its entry's key is the session id, so the outbox can tell
+/// which sessions' results it holds.
+pub const RESULT_KIND: &str = "result";
 
 #[derive(Clone)]
 pub struct ResultDelivery {
@@ -36,11 +40,22 @@ pub enum Delivered {
     Lost,
 }
 
-/// A result waiting for post-call analysis, on disk so a crash cannot lose it.
+/// A result waiting for post-call analysis, on disk so a crash cannot lose it. When post-call is
+/// done, the final payload's exact bytes replace it (`post_call_done`) just before they go to the
+/// outbox: a crash between the two delivers those same bytes again, never a second, different
+/// payload for the session.
 #[derive(Serialize, Deserialize)]
 struct Staged {
     webhook_url: Option<String>,
-    payload: CallResultsPayload,
+    payload: Box<RawValue>,
+    #[serde(default)]
+    post_call_done: bool,
+}
+
+/// Just enough of a payload to name its session.
+#[derive(Deserialize)]
+struct SessionOf {
+    session_id: String,
 }
 
 impl ResultDelivery {
@@ -56,17 +71,28 @@ impl ResultDelivery {
     /// on the result survives a crash: `recover_staged` delivers it at the next start.
     pub async fn stage(&self, payload: &CallResultsPayload, webhook_url: Option<&str>) -> Option<PathBuf> {
         let started = Instant::now();
-        let staged = Staged { webhook_url: webhook_url.map(str::to_string), payload: payload.clone() };
-        let body = serde_json::to_vec(&staged).ok()?;
-        let (dir, name) = (self.staging_dir(), format!("{}.json", sanitize(&payload.session_id)));
-        match tokio::task::spawn_blocking(move || write_atomic(&dir, &name, &body)).await {
-            Ok(Ok(path)) => {
-                metrics::histogram!("cxb_result_persist_seconds").record(started.elapsed().as_secs_f64());
-                info!(persisted_session = %payload.session_id, persisted_ms = started.elapsed().as_millis() as u64, "result persisted (staged for post-call)");
-                Some(path)
-            }
+        let body = serde_json::to_string(payload).ok()?;
+        let path = self.write_staged(&payload.session_id, webhook_url, body, false).await?;
+        metrics::histogram!("cxb_result_persist_seconds").record(started.elapsed().as_secs_f64());
+        info!(persisted_session = %payload.session_id, persisted_ms = started.elapsed().as_millis() as u64, "result persisted (staged for post-call)");
+        Some(path)
+    }
+
+    async fn write_staged(
+        &self,
+        session: &str,
+        webhook_url: Option<&str>,
+        body: String,
+        post_call_done: bool,
+    ) -> Option<PathBuf> {
+        let payload = RawValue::from_string(body).ok()?;
+        let staged = Staged { webhook_url: webhook_url.map(str::to_string), payload, post_call_done };
+        let bytes = serde_json::to_vec(&staged).ok()?;
+        let (dir, name) = (self.staging_dir(), format!("{}.json", sanitize(session)));
+        match tokio::task::spawn_blocking(move || write_atomic(&dir, &name, &bytes)).await {
+            Ok(Ok(path)) => Some(path),
             Ok(Err(e)) => {
-                error!(error = %e, "could not stage the result; it is delivered after post-call without a crash guard");
+                error!(error = %e, "could not stage the result");
                 None
             }
             Err(e) => {
@@ -83,7 +109,19 @@ impl ResultDelivery {
         payload: CallResultsPayload,
         webhook_url: Option<String>,
     ) -> Delivered {
-        let delivered = self.deliver(payload, webhook_url).await;
+        let session = payload.session_id.clone();
+        let body = match serde_json::to_string(&payload) {
+            Ok(b) => b,
+            Err(e) => {
+                error!(error = %e, "result does not serialise");
+                return Delivered::Lost;
+            }
+        };
+        if staged.is_some() {
+            // The bytes about to be delivered replace the staged copy first (see `Staged`).
+            self.write_staged(&session, webhook_url.as_deref(), body.clone(), true).await;
+        }
+        let delivered = self.deliver_body(&session, body, webhook_url).await;
         if let (Some(path), false) = (staged, matches!(delivered, Delivered::Lost)) {
             if let Err(e) = tokio::fs::remove_file(&path).await {
                 warn!(error = %e, path = %path.display(), "could not remove the staged result");
@@ -92,10 +130,24 @@ impl ResultDelivery {
         delivered
     }
 
-    /// At startup: results staged by a process that died during post-call are delivered as
-    /// they are, with an event saying the analysis was interrupted.
+    /// The session's result is on disk outside the outbox: staged for post-call, or written to
+    /// a local results file. (The outbox itself answers with [`Outbox::keys`].)
+    pub fn is_persisted(&self, session: &str) -> bool {
+        self.staging_dir().join(format!("{}.json", sanitize(session))).is_file() || self.local_result_exists(session)
+    }
+
+    fn local_result_exists(&self, session: &str) -> bool {
+        let name = format!("{}.json", sanitize(session));
+        [self.results_dir.clone(), self.results_dir.join("undelivered")].iter().any(|dir| dir.join(&name).is_file())
+    }
+
+    /// At startup, before the outbox delivers: results staged by a process that stopped during
+    /// post-call. A session whose result already reached the outbox (or a local file) is only
+    /// cleaned up; a finished post-call's bytes are delivered as they are; an interrupted one's
+    /// result is delivered with an event saying so.
     pub async fn recover_staged(&self) -> usize {
         let Ok(mut dir) = tokio::fs::read_dir(self.staging_dir()).await else { return 0 };
+        let held = self.outbox.keys(RESULT_KIND);
         let mut n = 0;
         while let Ok(Some(e)) = dir.next_entry().await {
             let path = e.path();
@@ -104,21 +156,41 @@ impl ResultDelivery {
                 continue;
             }
             let Ok(bytes) = tokio::fs::read(&path).await else { continue };
-            match serde_json::from_slice::<Staged>(&bytes) {
-                Ok(mut s) => {
-                    s.payload.events.push(CallEvent {
-                        kind: "post_call_interrupted".into(),
-                        timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                        offset_seconds: s.payload.call_duration_seconds,
-                        data: Default::default(),
-                    });
-                    warn!(session_id = %s.payload.session_id, "delivering a result staged before a restart (post-call analysis was interrupted)");
-                    self.complete(Some(path), s.payload, s.webhook_url).await;
-                    n += 1;
-                }
+            let staged = serde_json::from_slice::<Staged>(&bytes).and_then(|s| {
+                let session = serde_json::from_str::<SessionOf>(s.payload.get())?.session_id;
+                Ok((s, session))
+            });
+            let (s, session) = match staged {
+                Ok(x) => x,
                 Err(err) => {
-                    error!(error = %err, path = %path.display(), "unreadable staged result left in place for an operator")
+                    error!(error = %err, path = %path.display(), "unreadable staged result left in place for an operator");
+                    continue;
                 }
+            };
+            if held.contains(&session) || self.local_result_exists(&session) {
+                info!(%session, "staged result already persisted before the restart; not delivered again");
+                let _ = tokio::fs::remove_file(&path).await;
+                continue;
+            }
+            let body = if s.post_call_done {
+                warn!(%session, "delivering a result finished just before a restart");
+                s.payload.get().to_string()
+            } else {
+                let Ok(mut payload) = serde_json::from_str::<CallResultsPayload>(s.payload.get()) else {
+                    error!(path = %path.display(), "staged payload is not a result; left in place for an operator");
+                    continue;
+                };
+                let interrupted = after_call_event(&payload, "post_call_interrupted", serde_json::json!({}));
+                payload.events.push(interrupted);
+                warn!(%session, "delivering a result staged before a restart (post-call analysis was interrupted)");
+                match serde_json::to_string(&payload) {
+                    Ok(b) => b,
+                    Err(_) => continue,
+                }
+            };
+            if !matches!(self.deliver_body(&session, body, s.webhook_url).await, Delivered::Lost) {
+                let _ = tokio::fs::remove_file(&path).await;
+                n += 1;
             }
         }
         n
@@ -130,25 +202,31 @@ impl ResultDelivery {
 
     /// Persist the result; returns once it is durable.
     pub async fn deliver(&self, payload: CallResultsPayload, webhook_url: Option<String>) -> Delivered {
-        let session = payload.session_id.clone();
-        let name = format!("{}.json", sanitize(&session));
+        match serde_json::to_string(&payload) {
+            Ok(body) => self.deliver_body(&payload.session_id, body, webhook_url).await,
+            Err(e) => {
+                error!(error = %e, "result does not serialise");
+                Delivered::Lost
+            }
+        }
+    }
+
+    /// Persist a serialised result: these bytes are what the receiver gets, on every attempt.
+    async fn deliver_body(&self, session: &str, body: String, webhook_url: Option<String>) -> Delivered {
+        let name = format!("{}.json", sanitize(session));
         let Some(url) = webhook_url.filter(|u| !u.trim().is_empty()) else {
             return self
-                .write_local(
-                    &self.results_dir.clone(),
-                    &name,
-                    &payload,
-                    "result written to the local results directory",
-                )
+                .write_local(&self.results_dir.clone(), &name, &body, "result written to the local results directory")
                 .await;
         };
         let started = Instant::now();
-        let entry = HttpTarget::post_json(url.clone(), &payload).map(|t| {
-            let t = t.header("content-type", "application/json");
+        let entry = HttpBody::raw_json(body.clone()).map(|body| {
+            let t = HttpTarget { method: "POST".into(), url: url.clone(), headers: Vec::new(), body }
+                .header("content-type", "application/json");
             auth::secret_headers(self.secret.as_deref()).into_iter().fold(t, |t, (k, v)| t.header(k, v))
         });
         let result = match entry {
-            Ok(target) => self.outbox.enqueue(NewEntry::http("result", session.clone(), target)).await,
+            Ok(target) => self.outbox.enqueue(NewEntry::http(RESULT_KIND, session.to_string(), target)).await,
             Err(e) => Err(OutboxError::Serialize(e)),
         };
         match result {
@@ -161,19 +239,14 @@ impl ResultDelivery {
                 error!(error = %e, %url, "outbox refused the result; keeping it in results/undelivered");
                 metrics::counter!("cxb_results_undelivered_total").increment(1);
                 let dir = self.results_dir.join("undelivered");
-                self.write_local(&dir, &name, &payload, "result kept locally for manual replay").await
+                self.write_local(&dir, &name, &body, "result kept locally for manual replay").await
             }
         }
     }
 
-    async fn write_local(
-        &self,
-        dir: &std::path::Path,
-        name: &str,
-        payload: &CallResultsPayload,
-        msg: &'static str,
-    ) -> Delivered {
-        let body = match serde_json::to_vec_pretty(payload) {
+    /// A local result file: pretty JSON for people reading it (the content of `body`).
+    async fn write_local(&self, dir: &Path, name: &str, body: &str, msg: &'static str) -> Delivered {
+        let pretty = match serde_json::from_str::<serde_json::Value>(body).and_then(|v| serde_json::to_vec_pretty(&v)) {
             Ok(b) => b,
             Err(e) => {
                 error!(error = %e, "result does not serialise");
@@ -181,7 +254,7 @@ impl ResultDelivery {
             }
         };
         let (dir, name) = (dir.to_path_buf(), name.to_string());
-        match tokio::task::spawn_blocking(move || write_atomic(&dir, &name, &body)).await {
+        match tokio::task::spawn_blocking(move || write_atomic(&dir, &name, &pretty)).await {
             Ok(Ok(path)) => {
                 info!(path = %path.display(), "{msg}");
                 Delivered::Local(path)
@@ -201,4 +274,98 @@ impl ResultDelivery {
 /// File-name-safe form of a session id.
 pub fn sanitize(id: &str) -> String {
     id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).take(128).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use cxb_delivery::{OutboxConfig, State, Target};
+
+    use super::*;
+
+    async fn delivery(dir: &Path) -> ResultDelivery {
+        let outbox = Outbox::open(OutboxConfig::new(dir.join("outbox"))).await.unwrap();
+        ResultDelivery::new(outbox, Some("s3cret".into()), dir.join("results"))
+    }
+
+    fn payload(session: &str) -> CallResultsPayload {
+        CallResultsPayload { session_id: session.into(), call_duration_seconds: 12.5, ..Default::default() }
+    }
+
+    /// The bodies of the pending result entries for `session`.
+    async fn bodies(d: &ResultDelivery, session: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in d.outbox().list(State::Pending).await.into_iter().filter(|e| e.key == session) {
+            let detail = d.outbox().get(e.id.as_str()).await.unwrap();
+            let Some(cxb_delivery::Entry { target: Target::Http(t), .. }) = detail.entry else { panic!("http") };
+            out.push(String::from_utf8(t.body.as_bytes().to_vec()).unwrap());
+        }
+        out
+    }
+
+    const HOOK: &str = "http://127.0.0.1:9/results";
+
+    #[tokio::test]
+    async fn a_staged_result_already_in_the_outbox_is_not_delivered_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = delivery(dir.path()).await;
+        let staged = d.stage(&payload("s-1"), Some(HOOK)).await.expect("staged");
+        // A stop after the result reached the outbox but before the staged copy was removed.
+        let mut done = payload("s-1");
+        done.post_call_analysis = Some(serde_json::Map::from_iter([("summary".into(), "ok".into())]));
+        d.deliver(done, Some(HOOK.into())).await;
+        assert!(d.is_persisted("s-1"));
+        assert_eq!(d.recover_staged().await, 0);
+        assert!(!staged.exists(), "cleaned up");
+        assert_eq!(bodies(&d, "s-1").await.len(), 1, "one result for the session");
+    }
+
+    #[tokio::test]
+    async fn a_finished_post_call_is_recovered_with_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = delivery(dir.path()).await;
+        let staged = d.stage(&payload("s-2"), Some(HOOK)).await.expect("staged");
+        let mut done = payload("s-2");
+        done.post_call_analysis = Some(serde_json::Map::from_iter([("summary".into(), "fine".into())]));
+        let body = serde_json::to_string(&done).unwrap();
+        // Killed between the final bytes replacing the staged copy and the outbox write.
+        d.write_staged("s-2", Some(HOOK), body.clone(), true).await.unwrap();
+        drop(d);
+        let d = delivery(dir.path()).await;
+        assert_eq!(d.recover_staged().await, 1);
+        assert_eq!(bodies(&d, "s-2").await, vec![body], "exactly the bytes post-call produced");
+        assert!(!staged.exists());
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_post_call_is_recovered_with_an_event_and_complete_removes_the_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = delivery(dir.path()).await;
+        d.stage(&payload("s-3"), Some(HOOK)).await.expect("staged");
+        assert_eq!(d.recover_staged().await, 1);
+        let got: CallResultsPayload = serde_json::from_str(&bodies(&d, "s-3").await[0]).unwrap();
+        assert_eq!(
+            got.events.last().map(|e| (e.kind.as_str(), e.offset_seconds)),
+            Some(("post_call_interrupted", 12.5))
+        );
+        assert!(!d.is_persisted("s-3"), "no staged copy left");
+
+        let staged = d.stage(&payload("s-4"), Some(HOOK)).await.expect("staged");
+        assert!(matches!(
+            d.complete(Some(staged.clone()), payload("s-4"), Some(HOOK.into())).await,
+            Delivered::Outbox(_)
+        ));
+        assert!(!staged.exists());
+        assert_eq!(d.recover_staged().await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_local_result_counts_as_persisted() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = delivery(dir.path()).await;
+        assert!(!d.is_persisted("s-5"));
+        assert!(matches!(d.deliver(payload("s-5"), None).await, Delivered::Local(_)));
+        assert!(d.is_persisted("s-5"));
+        let text = std::fs::read_to_string(dir.path().join("results/s-5.json")).unwrap();
+        assert!(text.contains("\n  \"session_id\": \"s-5\""), "pretty for people: {text}");
+    }
 }

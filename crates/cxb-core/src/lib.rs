@@ -7,6 +7,8 @@ pub mod auth;
 pub mod call;
 pub mod config_client;
 pub mod delivery;
+pub mod drain;
+pub mod journal;
 pub mod knowledge;
 pub mod link;
 pub mod livekit;
@@ -31,8 +33,8 @@ use tracing::{info, warn};
 
 pub use settings::Settings;
 
-/// Bind, serve, and on SIGTERM/SIGINT drain: refuse new calls, let live ones finish (bounded by
-/// `drain_secs`), then exit.
+/// Bind, serve, and on SIGTERM/SIGINT drain: refuse new calls, let live ones finish and their
+/// results persist, then exit; at `drain_secs` the calls still live are ended ([`drain`]).
 pub async fn run(settings: Settings) -> anyhow_free::Result<()> {
     let listener = TcpListener::bind(settings.listen_addr).await?;
     serve(listener, settings, shutdown_signal()).await
@@ -71,26 +73,29 @@ pub async fn serve_with(
     let tracker = state.tracker.clone();
     let outbox = state.delivery.outbox().clone();
     let outbox_stop = tokio_util::sync::CancellationToken::new();
-    let outbox_task = outbox.start(outbox_stop.clone());
     // Recordings: register the uploader, repair what a crash left, start retention — before
     // any call (a live call's file is also `.part`).
     let (_uploader, sweeper) = recordings::start_services(&state.settings, &outbox, outbox_stop.clone()).await?;
+    // What the last process left unfinished, before the outbox delivers anything (it decides by
+    // what the outbox holds): calls it died in, then results it staged for post-call.
+    let crashed = journal::recover(&state).await;
+    if crashed > 0 {
+        warn!(crashed, "delivered the results of calls the last process died in");
+    }
     let recovered = state.delivery.recover_staged().await;
     if recovered > 0 {
         warn!(recovered, "delivered results staged before the last stop");
     }
+    let outbox_task = outbox.start(outbox_stop.clone());
     let addr = listener.local_addr()?;
     let stats = outbox.stats();
     info!(%addr, max_calls = tracker.max(), %mode, outbox_pending = stats.pending, outbox_dead = stats.dead, "cxb-core listening");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let drain_tracker = tracker.clone();
+    let drainer = state.drain.clone();
     tokio::spawn(async move {
         shutdown.await;
-        info!("shutdown requested: refusing new calls, draining live ones");
-        drain_tracker.start_draining();
-        if tokio::time::timeout(drain, drain_tracker.wait_idle()).await.is_err() {
-            warn!(active = drain_tracker.active(), "drain period over; exiting with calls still live");
-        }
+        info!("shutdown requested");
+        drainer.run(drain).await;
         let _ = stop_tx.send(());
     });
     let app = app::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();

@@ -310,6 +310,13 @@ impl CallRecording {
     }
 }
 
+/// Seconds of audio in a finished (or repaired) recording of `bytes` at `sample_rate`.
+pub fn recorded_secs(bytes: u64, sample_rate: u32) -> f64 {
+    const STEREO_16_BIT: u64 = 4;
+    bytes.saturating_sub(cxb_audio::recorder::WAV_HEADER_BYTES) as f64
+        / (STEREO_16_BIT * u64::from(sample_rate.max(1))) as f64
+}
+
 /// Enqueues the upload of a finished recording (durable before it returns; the upload itself
 /// happens later, in the outbox). `Ok(None)` when no bucket is configured (local only).
 pub async fn enqueue_upload(outbox: &Outbox, done: &RecordingDone) -> Result<Option<EntryId>, OutboxError> {
@@ -353,12 +360,18 @@ pub async fn start_services(
 }
 
 /// Repairs recordings a crash left `.part` (patches the WAV sizes to the audio on disk) and
-/// renames them to `.wav`. Returns `(key, bytes)` of each. Startup only: a live call's recording
-/// is also `.part`.
+/// renames them to `.wav`. Returns `(key, bytes)` of each. A file too short to hold even the
+/// header (the process died creating it) has no audio and is removed. Startup only: a live
+/// call's recording is also `.part`.
 pub fn recover_partial(data_dir: &FsPath) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     for (key, part) in storage::partial_recordings(data_dir) {
         let Some(wav) = recording_path(data_dir, &key) else { continue };
+        if std::fs::metadata(&part).is_ok_and(|m| m.len() < cxb_audio::recorder::WAV_HEADER_BYTES) {
+            warn!(%key, "removing a recording that died before its header was written (no audio)");
+            let _ = std::fs::remove_file(&part);
+            continue;
+        }
         let repaired = cxb_audio::recorder::repair_wav_header(&part).map_err(RecordingError::from).and_then(|data| {
             std::fs::rename(&part, &wav)
                 .map(|()| data + 44)
@@ -450,8 +463,9 @@ fn not_found() -> Response {
     (StatusCode::NOT_FOUND, "recording not found").into_response()
 }
 
+#[doc(hidden)]
 #[derive(Debug, PartialEq, Eq)]
-enum RangeSpec {
+pub enum RangeSpec {
     /// Absent, malformed, another unit or several ranges: serve the whole file (RFC 9110 §14.2).
     Ignore,
     Unsatisfiable,
@@ -459,7 +473,9 @@ enum RangeSpec {
     Range(u64, u64),
 }
 
-fn parse_range(v: &str, size: u64) -> RangeSpec {
+/// A `Range` header against a file of `size` bytes. Public for the fuzz targets; not a stable API.
+#[doc(hidden)]
+pub fn parse_range(v: &str, size: u64) -> RangeSpec {
     let Some(spec) = v.trim().strip_prefix("bytes=") else { return RangeSpec::Ignore };
     if spec.contains(',') {
         return RangeSpec::Ignore;
@@ -535,6 +551,17 @@ mod tests {
         assert_eq!(u32::from_le_bytes(back[40..44].try_into().unwrap()), 1000);
         assert_eq!(u32::from_le_bytes(back[4..8].try_into().unwrap()), 1036);
         assert!(!part.exists());
+    }
+
+    #[test]
+    fn a_headerless_partial_recording_is_removed_not_left_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("recordings/2025/01/02/torn.wav.part");
+        std::fs::create_dir_all(part.parent().unwrap()).unwrap();
+        std::fs::write(&part, b"RIFF\x00").unwrap();
+        assert!(recover_partial(dir.path()).is_empty());
+        assert!(!part.exists());
+        assert!(storage::partial_recordings(dir.path()).is_empty());
     }
 
     #[test]

@@ -61,7 +61,9 @@ impl CallSummary {
 }
 
 pub(crate) fn rfc3339(start: chrono::DateTime<chrono::Utc>, offset: Duration) -> String {
-    let t = start + chrono::Duration::from_std(offset).unwrap_or_default();
+    // A start time read back from a crash journal can sit at chrono's last representable day;
+    // an end past it is written as the start rather than panicking the recovery.
+    let t = chrono::Duration::from_std(offset).ok().and_then(|d| start.checked_add_signed(d)).unwrap_or(start);
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
@@ -92,12 +94,7 @@ pub fn build_payload(s: &CallSummary, record: Option<&CallRecord>, extra_events:
                 interrupted: l.interrupted,
             })
             .collect();
-        events.extend(r.events.iter().map(|e| CallEvent {
-            kind: e.kind.to_string(),
-            timestamp: rfc3339(s.started_at, e.at),
-            offset_seconds: round3(e.at.as_secs_f64()),
-            data: strip_nulls(e.data.clone()),
-        }));
+        events.extend(r.events.iter().map(|e| engine_event(s.started_at, e)));
         if !r.latency.is_empty() {
             latency_samples = Some(
                 r.latency
@@ -158,6 +155,30 @@ pub fn build_payload(s: &CallSummary, record: Option<&CallRecord>, extra_events:
     payload.intents = intents_from_events(&payload.events);
     apply_transfer_state(&mut payload);
     payload
+}
+
+/// An event the worker adds once the call is over (post-call, recovery), stamped now at the
+/// call's end.
+pub fn after_call_event(p: &CallResultsPayload, kind: &str, data: Value) -> CallEvent {
+    CallEvent {
+        kind: kind.into(),
+        timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        offset_seconds: p.call_duration_seconds,
+        data: match data {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        },
+    }
+}
+
+/// An engine event as the payload carries it.
+pub(crate) fn engine_event(started_at: chrono::DateTime<chrono::Utc>, e: &cxb_engine::EventRecord) -> CallEvent {
+    CallEvent {
+        kind: e.kind.to_string(),
+        timestamp: rfc3339(started_at, e.at),
+        offset_seconds: round3(e.at.as_secs_f64()),
+        data: strip_nulls(e.data.clone()),
+    }
 }
 
 fn clean_event(mut e: CallEvent) -> CallEvent {

@@ -112,8 +112,11 @@ pub struct Settings {
     #[arg(long, env = "CXBCORE_PUBLIC_URL")]
     pub public_url: Option<String>,
 
-    /// Seconds to let live calls finish after SIGTERM before exiting.
-    #[arg(long, env = "CXBCORE_DRAIN_SECS", default_value_t = 30)]
+    /// On SIGTERM: seconds live calls may run to their natural end (new calls are refused; the
+    /// worker exits as soon as the last result is persisted). Past it the worker ends the calls
+    /// still live (hang-up, result as `error`). Default 660 = the longest call a bot may have by
+    /// default (600 s) + 60 s for post-call and delivery; stop timeouts must outlast it.
+    #[arg(long, env = "CXBCORE_DRAIN_SECS", default_value_t = 660)]
     pub drain_secs: u64,
 
     #[command(flatten)]

@@ -428,8 +428,12 @@ async fn list_get_discard() {
     let stop = CancellationToken::new();
     let _h = ob.start(stop.clone());
     assert!(wait_for(Duration::from_secs(5), || ob.stats().dead == 2).await);
+    let held = ob.keys("result");
+    assert_eq!(held, ["l-0", "l-2"].into_iter().map(String::from).collect(), "dead entries are held too");
+    assert!(ob.keys("recording").is_empty());
     ob.discard(ids[0].as_str()).await.unwrap();
     assert_eq!(ob.stats().dead, 1);
+    assert!(!ob.keys("result").contains("l-0"));
     assert_eq!(files(&dir.path().join("dead"), "").len(), 2, "json + meta of the other");
     stop.cancel();
 }

@@ -143,6 +143,12 @@ impl Conversation {
         self.end(now, DisconnectedBy::Error, true);
     }
 
+    /// The worker is stopping (drain deadline): end as `error` with a hang-up.
+    pub(crate) fn shut_down(&mut self, now: Duration) {
+        self.record.event("worker_shutdown", now, Value::Null);
+        self.end(now, DisconnectedBy::Error, true);
+    }
+
     /// The call is over: whatever was playing is cut, and the transcript keeps what was heard.
     pub(crate) fn end(&mut self, now: Duration, reason: DisconnectedBy, hang_up: bool) {
         if self.ended.is_some() {

@@ -105,6 +105,9 @@ pub enum Input {
     TurnPrediction {
         complete: bool,
     },
+    /// The worker is stopping and cannot wait for the call's natural end (drain deadline): end
+    /// it now as `error`, hanging up, with a `worker_shutdown` event.
+    Shutdown,
 }
 
 /// What the driver must do.

@@ -161,6 +161,7 @@ impl Conversation {
             Input::Dtmf { digits } => self.on_dtmf(now, digits),
             Input::TransferResult { ok, error } => self.on_transfer_result(now, ok, error),
             Input::TurnPrediction { complete } => self.on_turn_prediction(now, complete),
+            Input::Shutdown => self.shut_down(now),
             Input::PlaybackConfirmed { utterance } => self.on_playback_confirmed(utterance),
         }
         self.pump(now);

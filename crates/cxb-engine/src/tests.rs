@@ -707,3 +707,24 @@ mod property {
         }
     }
 }
+
+#[test]
+fn shutdown_mid_speech_ends_as_error_with_hang_up_and_keeps_what_was_heard() {
+    let mut sim = Sim::new(cfg());
+    sim.input(Input::Start);
+    sim.advance(secs(1.0));
+    sim.input(Input::Shutdown);
+    assert_eq!(sim.ended(), Some((DisconnectedBy::Error, true)));
+    assert_eq!(sim.conv.disconnected_by(), Some(DisconnectedBy::Error));
+    let kinds: Vec<&str> = sim.conv.record().events.iter().map(|e| e.kind).collect();
+    assert_eq!(&kinds[kinds.len() - 2..], ["worker_shutdown", "call_ended"]);
+    // The greeting was cut: the transcript keeps the part played before the shutdown.
+    let t = sim.transcript();
+    assert_eq!(t.len(), 1);
+    assert!(t[0].2 && "Hello, this is the test line.".starts_with(&t[0].1), "{t:?}");
+    // Nothing happens after the end, a second shutdown included.
+    let actions = sim.log.len();
+    sim.input(Input::Shutdown);
+    sim.advance(secs(5.0));
+    assert_eq!(sim.log.len(), actions);
+}

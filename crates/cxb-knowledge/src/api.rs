@@ -162,8 +162,10 @@ fn transport_error(e: reqwest::Error) -> KnowledgeError {
     }
 }
 
-/// `detail` of a JSON error body (FastAPI style), else the start of the body as text.
-fn error_detail(body: &[u8]) -> String {
+/// `detail` of a JSON error body (FastAPI style), else the start of the body as text. Public for
+/// the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub fn error_detail(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let detail = serde_json::from_str::<Value>(&text)
         .ok()

@@ -40,6 +40,9 @@ const MAX_KEY_BYTES: u64 = 64 * 1024;
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// Distinct keys remembered (each bot may bring its own).
 const MAX_SOURCES: usize = 256;
+/// Longest token lifetime believed: Google's tokens last an hour, so a larger `expires_in` (a
+/// proxy's mistake, or garbage) is capped here rather than trusted.
+pub(crate) const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// Why no token could be had.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -240,24 +243,8 @@ impl TokenSource {
         let status = resp.status().as_u16();
         // Access tokens may be up to 2 KB themselves.
         let body = body_text(resp, wait, MAX_ANSWER_BYTES).await;
-        if !(200..300).contains(&status) {
-            return Err(token_error(status, &body));
-        }
-        let v: Value = serde_json::from_str(&body)
-            .map_err(|e| Fetch::Fail(format!("unreadable token response ({e}): {}", crate::ws::truncate(body, 200))))?;
-        let access_token = v["access_token"]
-            .as_str()
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| Fetch::Fail("token response has no access_token".into()))?
-            .to_string();
-        // A number, or (some proxies) a string of one.
-        let expires_in = match &v["expires_in"] {
-            Value::Number(n) => n.as_u64(),
-            Value::String(s) => s.trim().parse().ok(),
-            _ => None,
-        }
-        .ok_or_else(|| Fetch::Fail("token response has no usable expires_in".into()))?;
-        Ok(Token { access_token, expires_at: started + Duration::from_secs(expires_in) })
+        let (access_token, lifetime) = read_token_answer(status, &body)?;
+        Ok(Token { access_token, expires_at: started + lifetime })
     }
 
     /// The signed JWT: `{"alg":"RS256","typ":"JWT","kid"}` . claims . RS256 signature.
@@ -292,9 +279,37 @@ impl TokenSource {
     }
 }
 
-enum Fetch {
+/// Why a token request got no token.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fetch {
+    /// Worth one more try (google-auth's transient statuses and codes).
     Retry(String),
     Fail(String),
+}
+
+/// A token endpoint's answer: the access token and how long it lasts, or why there is none.
+/// `expires_in` is capped at [`MAX_TOKEN_LIFETIME`], so the expiry is always a representable
+/// instant.
+pub(crate) fn read_token_answer(status: u16, body: &str) -> Result<(String, Duration), Fetch> {
+    if !(200..300).contains(&status) {
+        return Err(token_error(status, body));
+    }
+    let v: Value = serde_json::from_str(body).map_err(|e| {
+        Fetch::Fail(format!("unreadable token response ({e}): {}", crate::ws::truncate(body.to_string(), 200)))
+    })?;
+    let access_token = v["access_token"]
+        .as_str()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Fetch::Fail("token response has no access_token".into()))?
+        .to_string();
+    // A number, or (some proxies) a string of one.
+    let expires_in = match &v["expires_in"] {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| Fetch::Fail("token response has no usable expires_in".into()))?;
+    Ok((access_token, Duration::from_secs(expires_in).min(MAX_TOKEN_LIFETIME)))
 }
 
 /// `{"error":"invalid_grant","error_description":"Invalid JWT Signature."}` → a detail; the
@@ -457,6 +472,23 @@ mod tests {
         assert!(err(no_uri).to_string().contains("not an http(s) URL"));
         assert!(err(full).to_string().contains("PKCS#8 PEM"));
         assert!(TokenSource::from_key_json(reqwest::Client::new(), TokenSettings::default(), "not json").is_err());
+    }
+
+    /// `expires_in` near `u64::MAX` made the expiry instant overflow: a panic in the call's LLM
+    /// task (the `google_token` fuzz target checks the lifetime stays representable).
+    #[test]
+    fn huge_token_lifetimes_are_capped() {
+        for expires_in in ["18446744073709551615", "\"18446744073709551615\"", "9223372036854775808"] {
+            let body = format!(r#"{{"access_token":"ya29.x","expires_in":{expires_in}}}"#);
+            let (token, lifetime) = read_token_answer(200, &body).expect("a token");
+            assert_eq!((token.as_str(), lifetime), ("ya29.x", MAX_TOKEN_LIFETIME));
+            let _expiry = Instant::now() + lifetime;
+        }
+        assert_eq!(
+            read_token_answer(200, r#"{"access_token":"t","expires_in":"3599"}"#),
+            Ok(("t".to_string(), Duration::from_secs(3599)))
+        );
+        assert!(matches!(read_token_answer(200, r#"{"access_token":"","expires_in":1}"#), Err(Fetch::Fail(_))));
     }
 
     #[test]

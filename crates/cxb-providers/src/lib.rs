@@ -4,6 +4,8 @@
 
 pub mod error;
 pub mod llm;
+#[doc(hidden)]
+pub mod parsers;
 pub mod registry;
 pub mod stt;
 pub mod stt_flux;

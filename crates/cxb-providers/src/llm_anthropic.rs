@@ -69,19 +69,20 @@ async fn stream_messages(
     if !resp.status().is_success() {
         let status = resp.status().as_u16();
         let body = error_body(resp, params.idle_timeout).await;
-        let body = serde_json::from_str::<Value>(&body).ok().and_then(|v| error_detail(&v)).unwrap_or(body);
+        let body = error_body_detail(body);
         return Err(ProviderError::Status { provider: PROVIDER, status, body });
     }
     let mut acc = Accumulator::default();
     if !SseBody::new(PROVIDER, resp, params.idle_timeout).pump(&mut acc, tx).await? {
         return Ok(());
     }
-    if !acc.stopped && acc.stop_reason.is_none() {
-        return Err(ProviderError::Closed { provider: PROVIDER, detail: "stream ended before message_stop".into() });
-    }
-    let cache = req.prompt_cache.as_ref().map(|_| CacheReport::from_usage(acc.usage().as_ref()));
-    send_all(tx, acc.into_events(cache)).await;
+    send_all(tx, acc.conclude(req.prompt_cache.is_some())?).await;
     Ok(())
+}
+
+/// A non-2xx answer's body: the error's detail when it is Anthropic's error JSON, else the body.
+pub(crate) fn error_body_detail(body: String) -> String {
+    serde_json::from_str::<Value>(&body).ok().and_then(|v| error_detail(&v)).unwrap_or(body)
 }
 
 /// `{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}` → "Overloaded
@@ -238,7 +239,7 @@ enum Block {
 
 /// State of one response across events.
 #[derive(Default)]
-struct Accumulator {
+pub(crate) struct Accumulator {
     blocks: BTreeMap<u64, Block>,
     input_tokens: u64,
     cache_creation: u64,
@@ -338,17 +339,31 @@ impl Accumulator {
         }
     }
 
-    /// Input in total is `input_tokens` (the uncached part) plus both cache counts.
+    /// Input in total is `input_tokens` (the uncached part) plus both cache counts. The counts
+    /// are the vendor's numbers: sums saturate rather than overflow.
     fn usage(&self) -> Option<Usage> {
-        let prompt = self.input_tokens + self.cache_creation + self.cache_read;
+        let prompt = self.input_tokens.saturating_add(self.cache_creation).saturating_add(self.cache_read);
         self.saw_usage.then_some(Usage {
             prompt_tokens: prompt,
             completion_tokens: self.output_tokens,
-            total_tokens: prompt + self.output_tokens,
+            total_tokens: prompt.saturating_add(self.output_tokens),
             cached_tokens: self.cache_read,
             cache_write_tokens: self.cache_creation,
             thoughts_tokens: 0,
         })
+    }
+
+    /// The body ended: the closing events (the cache report when the request carried a cache
+    /// hint), or why the answer is incomplete.
+    pub(crate) fn conclude(self, cache_hint: bool) -> Result<Vec<LlmEvent>, ProviderError> {
+        if !self.stopped && self.stop_reason.is_none() {
+            return Err(ProviderError::Closed {
+                provider: PROVIDER,
+                detail: "stream ended before message_stop".into(),
+            });
+        }
+        let cache = cache_hint.then(|| CacheReport::from_usage(self.usage().as_ref()));
+        Ok(self.into_events(cache))
     }
 
     /// `ToolCalls` (if any), the cache report (if any), then `Done`.
@@ -393,6 +408,23 @@ mod tests {
     use cxb_wire::llm::PromptCache;
 
     use super::*;
+
+    /// Usage counts near `u64::MAX` overflowed the prompt total (a panic in builds with overflow
+    /// checks, a wrong total in others); seen while writing the `llm_anthropic_sse` fuzz target.
+    #[test]
+    fn huge_usage_counts_saturate() {
+        let mut acc = Accumulator::default();
+        let max = u64::MAX;
+        let start = format!(
+            r#"{{"type":"message_start","message":{{"usage":{{"input_tokens":{max},"cache_read_input_tokens":{max},"output_tokens":{max}}}}}}}"#
+        );
+        for data in [start.as_str(), r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"}}"#] {
+            acc.on_data(data).expect("no error event");
+        }
+        let events = acc.conclude(true).expect("a finished answer");
+        let Some(LlmEvent::Done { usage: Some(usage), .. }) = events.last() else { panic!("{events:?}") };
+        assert_eq!((usage.prompt_tokens, usage.total_tokens, usage.cached_tokens), (max, max, max));
+    }
 
     #[test]
     fn urls() {

@@ -314,16 +314,7 @@ async fn stream_response(
     if !body.pump(&mut acc, tx).await? {
         return Ok(None);
     }
-    if acc.finish.is_some() {
-        return Ok(Some(acc));
-    }
-    // An error body without `data:` framing (python-genai parses such bodies as the error).
-    if acc.chunks == 0 {
-        if let Some(error) = parse_google_error(body.stray_text()) {
-            return Err(ProviderError::Remote { provider, detail: error.detail() });
-        }
-    }
-    Err(ProviderError::Closed { provider, detail: "stream ended without a finishReason".into() })
+    acc.conclude(body.stray_text()).map(Some)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -338,7 +329,7 @@ pub(crate) struct GoogleError {
 }
 
 impl GoogleError {
-    fn detail(&self) -> String {
+    pub(crate) fn detail(&self) -> String {
         match &self.status {
             Some(status) => format!("{} ({status})", self.message),
             None => self.message.clone(),
@@ -485,11 +476,7 @@ impl CacheBackend for GeminiCaches {
         let endpoint = self.endpoint.clone();
         Box::pin(async move {
             let rb = http.post(endpoint.caches_url.clone()).json(&body);
-            let answer = cache_request(rb, &endpoint).await?;
-            let name = answer.get("name").and_then(Value::as_str).unwrap_or_default();
-            valid_cache_name(name, endpoint.flavour)
-                .map(str::to_string)
-                .ok_or_else(|| CacheError::Failed(format!("unexpected cache name {name:?}")))
+            created_cache_name(&cache_request(rb, &endpoint).await?, endpoint.flavour)
         })
     }
 
@@ -497,9 +484,9 @@ impl CacheBackend for GeminiCaches {
         let http = self.http.clone();
         let endpoint = self.endpoint.clone();
         Box::pin(async move {
-            let segments: Vec<&str> = name.split('/').collect();
-            let url = join_segments(&endpoint.resource_root, &segments);
-            let rb = http.patch(url).json(&json!({ "ttl": format!("{}s", ttl.as_secs()) }));
+            let rb = http
+                .patch(cache_url(&endpoint.resource_root, &name))
+                .json(&json!({ "ttl": format!("{}s", ttl.as_secs()) }));
             cache_request(rb, &endpoint).await.map(|_| ())
         })
     }
@@ -512,11 +499,15 @@ async fn cache_request(rb: reqwest::RequestBuilder, endpoint: &Endpoint) -> Resu
     let (rb, _) = endpoint.auth.apply(rb, wait).await.map_err(|e| CacheError::Failed(e.to_string()))?;
     let resp = rb.send().await.map_err(|e| CacheError::Failed(error_chain(&e)))?;
     let status = resp.status().as_u16();
-    let body = body_text(resp, wait, MAX_CACHE_ANSWER_BYTES).await;
+    read_cache_answer(status, &body_text(resp, wait, MAX_CACHE_ANSWER_BYTES).await)
+}
+
+/// A cache API answer: the JSON of a 2xx, else the failure, classified.
+pub(crate) fn read_cache_answer(status: u16, body: &str) -> Result<Value, CacheError> {
     if (200..300).contains(&status) {
-        return serde_json::from_str(&body).map_err(|e| CacheError::Failed(format!("unreadable answer: {e}")));
+        return serde_json::from_str(body).map_err(|e| CacheError::Failed(format!("unreadable answer: {e}")));
     }
-    let detail = parse_google_error(&body).map(|e| e.detail()).unwrap_or(body);
+    let detail = parse_google_error(body).map(|e| e.detail()).unwrap_or_else(|| body.to_string());
     let detail = format!("HTTP {status}: {detail}");
     Err(if cache_missing(status, &detail) || status == 404 {
         CacheError::NotFound(detail)
@@ -525,6 +516,20 @@ async fn cache_request(rb: reqwest::RequestBuilder, endpoint: &Endpoint) -> Resu
     } else {
         CacheError::Failed(detail)
     })
+}
+
+/// The name of the cache a create call made, checked ([`valid_cache_name`]).
+pub(crate) fn created_cache_name(answer: &Value, flavour: Flavour) -> Result<String, CacheError> {
+    let name = answer.get("name").and_then(Value::as_str).unwrap_or_default();
+    valid_cache_name(name, flavour)
+        .map(str::to_string)
+        .ok_or_else(|| CacheError::Failed(format!("unexpected cache name {name:?}")))
+}
+
+/// The URL of the cache `name` (a checked name) under the API root `resource_root`.
+pub(crate) fn cache_url(resource_root: &Url, name: &str) -> Url {
+    let segments: Vec<&str> = name.split('/').collect();
+    join_segments(resource_root, &segments)
 }
 
 /// A cache name from the provider, before it goes into a URL path: `cachedContents/{id}`, or on
@@ -1159,6 +1164,21 @@ impl Accumulator {
             arguments: args.to_string(),
             thought_signature: signature.and_then(Value::as_str).map(str::to_string),
         });
+    }
+
+    /// The body ended: the finished answer, or why there is none. `stray`: the body's lines that
+    /// were no SSE field — an error body without `data:` framing (python-genai parses such bodies
+    /// as the error).
+    pub(crate) fn conclude(self, stray: &str) -> Result<Self, ProviderError> {
+        if self.finish.is_some() {
+            return Ok(self);
+        }
+        if self.chunks == 0 {
+            if let Some(error) = parse_google_error(stray) {
+                return Err(ProviderError::Remote { provider: self.provider, detail: error.detail() });
+            }
+        }
+        Err(ProviderError::Closed { provider: self.provider, detail: "stream ended without a finishReason".into() })
     }
 
     /// `ToolCalls` (if any), the cache report (if any), then `Done`.

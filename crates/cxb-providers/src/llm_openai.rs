@@ -63,12 +63,7 @@ async fn stream_completion(
     if !SseBody::new(PROVIDER, resp, params.idle_timeout).pump(&mut acc, tx).await? {
         return Ok(());
     }
-    // No `[DONE]`: still a usable answer if the model said it had finished.
-    if !acc.done && acc.finish_reason.is_none() {
-        return Err(ProviderError::Closed { provider: PROVIDER, detail: "stream ended before [DONE]".into() });
-    }
-    let cache = req.prompt_cache.as_ref().map(|_| CacheReport::from_usage(acc.usage.as_ref()));
-    send_all(tx, acc.into_events(cache)).await;
+    send_all(tx, acc.conclude(req.prompt_cache.is_some())?).await;
     Ok(())
 }
 
@@ -121,7 +116,7 @@ impl SseBody {
 
     /// Body lines that were not SSE fields (an error body sent without `data:` framing).
     pub(crate) fn stray_text(&self) -> &str {
-        &self.parser.stray
+        self.parser.stray()
     }
 
     /// Feeds every payload to `state` and sends its text as tokens, until the body ends or the
@@ -404,6 +399,11 @@ impl SseParser {
         None
     }
 
+    /// Body lines that were no SSE field (bounded).
+    pub(crate) fn stray(&self) -> &str {
+        &self.stray
+    }
+
     fn protocol(&self, detail: String) -> ProviderError {
         ProviderError::Protocol { provider: self.provider, detail }
     }
@@ -570,8 +570,19 @@ impl Accumulator {
         }
     }
 
+    /// The body ended: the closing events (the cache report when the request carried a cache
+    /// hint), or why the answer is incomplete. Without `[DONE]` it is still a usable answer if
+    /// the model said it had finished.
+    pub(crate) fn conclude(self, cache_hint: bool) -> Result<Vec<LlmEvent>, ProviderError> {
+        if !self.done && self.finish_reason.is_none() {
+            return Err(ProviderError::Closed { provider: PROVIDER, detail: "stream ended before [DONE]".into() });
+        }
+        let cache = cache_hint.then(|| CacheReport::from_usage(self.usage.as_ref()));
+        Ok(self.into_events(cache))
+    }
+
     /// `ToolCalls` (if any), the cache report (if any), then `Done`.
-    pub(crate) fn into_events(self, cache: Option<CacheReport>) -> Vec<LlmEvent> {
+    fn into_events(self, cache: Option<CacheReport>) -> Vec<LlmEvent> {
         let mut events = Vec::with_capacity(3);
         if !self.tool_calls.is_empty() {
             events.push(LlmEvent::ToolCalls(self.tool_calls.into_values().collect()));

@@ -167,7 +167,7 @@ pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>
 
 /// Why a cache operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
-pub(crate) enum CacheError {
+pub enum CacheError {
     /// The provider does not know the cache (expired or deleted).
     #[error("cache not found: {0}")]
     NotFound(String),

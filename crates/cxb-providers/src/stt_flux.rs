@@ -704,8 +704,9 @@ impl Session {
 }
 
 /// A server message that matters to the client.
+#[doc(hidden)]
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Incoming {
+pub enum Incoming {
     Connected {
         request_id: String,
     },

@@ -129,7 +129,7 @@ pub(crate) fn language_code(language: &str) -> Option<String> {
 }
 
 #[derive(Default)]
-struct Sarvam {
+pub(crate) struct Sarvam {
     sample_rate: u32,
     /// A flush was sent and its transcript has not come yet.
     flushed: bool,

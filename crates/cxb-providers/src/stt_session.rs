@@ -28,8 +28,9 @@ pub(crate) struct Timing {
 }
 
 /// What one server text frame meant.
+#[doc(hidden)]
 #[derive(Debug, Default, PartialEq)]
-pub(crate) struct Parsed {
+pub struct Parsed {
     pub events: Vec<SttEvent>,
     /// The server said the stream is over (its last message); the session ends cleanly.
     pub finished: bool,

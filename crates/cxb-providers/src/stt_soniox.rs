@@ -154,7 +154,8 @@ pub(crate) fn language_hints(params: &SttParams) -> Option<Vec<String>> {
     (!hints.is_empty()).then_some(hints)
 }
 
-struct Soniox {
+#[derive(Default)]
+pub(crate) struct Soniox {
     /// `finalize()` sends `{"type":"finalize"}` (only with `vad_force_turn_endpoint`).
     finalize: bool,
     transcript: TokenAssembler,

@@ -385,16 +385,9 @@ impl Session {
     }
 
     async fn on_text(&mut self, text: &str) -> Flow {
-        let msg: ServerMsg = match serde_json::from_str(text) {
-            Ok(msg) => msg,
-            Err(e) => {
-                tracing::warn!(error = %e, "ignoring malformed aura message");
-                return Flow::Continue;
-            }
-        };
-        match msg.kind.as_str() {
-            "Flushed" if self.clearing => Flow::Continue,
-            "Flushed" => {
+        match parse(text) {
+            Some(Incoming::Flushed) if self.clearing => Flow::Continue,
+            Some(Incoming::Flushed) => {
                 let Some(front) = self.queue.front() else {
                     tracing::debug!("aura Flushed with no context waiting");
                     return Flow::Continue;
@@ -410,23 +403,12 @@ impl Session {
                 }
                 self.advance().await
             }
-            "Cleared" => {
+            Some(Incoming::Cleared) => {
                 self.clearing = false;
                 self.advance().await
             }
-            "Warning" => {
-                tracing::warn!(description = ?msg.description, code = ?msg.code, "aura warning");
-                Flow::Continue
-            }
-            "Metadata" => Flow::Continue,
-            "Error" => {
-                let detail = msg.description.or(msg.message).unwrap_or_else(|| text.to_string());
-                self.socket_lost(ProviderError::Remote { provider: PROVIDER, detail }).await
-            }
-            other => {
-                tracing::debug!(kind = other, "ignoring aura message");
-                Flow::Continue
-            }
+            Some(Incoming::Error(error)) => self.socket_lost(error).await,
+            None => Flow::Continue,
         }
     }
 
@@ -539,6 +521,47 @@ struct ServerMsg {
     description: Option<String>,
     message: Option<String>,
     code: Option<Value>,
+}
+
+/// A server text frame that asks something of the session.
+#[doc(hidden)]
+#[derive(Debug, PartialEq)]
+pub enum Incoming {
+    /// The audio of the flushed text has all been sent.
+    Flushed,
+    /// A `Clear` took effect.
+    Cleared,
+    /// The server gives up on the socket.
+    Error(ProviderError),
+}
+
+/// One server text frame; `None` for what needs no action (`Metadata`, `Warning`, unknown or
+/// malformed messages, logged).
+pub(crate) fn parse(text: &str) -> Option<Incoming> {
+    let msg: ServerMsg = match serde_json::from_str(text) {
+        Ok(msg) => msg,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring malformed aura message");
+            return None;
+        }
+    };
+    match msg.kind.as_str() {
+        "Flushed" => Some(Incoming::Flushed),
+        "Cleared" => Some(Incoming::Cleared),
+        "Warning" => {
+            tracing::warn!(description = ?msg.description, code = ?msg.code, "aura warning");
+            None
+        }
+        "Metadata" => None,
+        "Error" => {
+            let detail = msg.description.or(msg.message).unwrap_or_else(|| text.to_string());
+            Some(Incoming::Error(ProviderError::Remote { provider: PROVIDER, detail }))
+        }
+        other => {
+            tracing::debug!(kind = other, "ignoring aura message");
+            None
+        }
+    }
 }
 
 #[cfg(test)]

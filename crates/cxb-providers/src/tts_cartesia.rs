@@ -106,8 +106,9 @@ enum Flow {
 }
 
 /// Per-context decoding state.
+#[doc(hidden)]
 #[derive(Default)]
-struct Context {
+pub struct Context {
     carry: Option<u8>,
 }
 
@@ -229,62 +230,13 @@ impl Session {
     }
 
     async fn on_text(&mut self, text: &str) -> Flow {
-        let msg: ServerMsg = match serde_json::from_str(text) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "ignoring malformed cartesia message");
-                return Flow::Continue;
-            }
-        };
-        let Some(context_id) = msg.context_id.clone() else {
-            if msg.kind.as_deref() == Some("error") {
-                // Not tied to a context: the connection itself is unusable.
-                let error = ProviderError::Remote { provider: PROVIDER, detail: msg.error_detail() };
+        match react(&mut self.contexts, text) {
+            Reaction::None => Flow::Continue,
+            Reaction::Emit(event) => self.emit(event).await,
+            Reaction::ContextFailed { context_id, error } => self.context_failed(&context_id, error).await,
+            Reaction::ConnectionFailed(error) => {
                 self.emit(TtsEvent::Error { context_id: None, error }).await;
-                return Flow::Stop;
-            }
-            tracing::debug!(kind = ?msg.kind, "ignoring cartesia message without context");
-            return Flow::Continue;
-        };
-        if !self.contexts.is_live(&context_id) {
-            // Cancelled, failed or finished: late output is dropped on purpose.
-            tracing::trace!(context_id, kind = ?msg.kind, "dropping message for inactive context");
-            return Flow::Continue;
-        }
-        self.on_context_message(context_id, msg).await
-    }
-
-    async fn on_context_message(&mut self, context_id: String, msg: ServerMsg) -> Flow {
-        match msg.kind.as_deref() {
-            Some("chunk") => {
-                let Some(ctx) = self.contexts.get_mut(&context_id) else {
-                    return Flow::Continue;
-                };
-                match ws::pcm_from_base64(&mut ctx.carry, msg.data.as_deref().unwrap_or("")) {
-                    Ok(pcm) if pcm.is_empty() => Flow::Continue,
-                    Ok(pcm) => self.emit(TtsEvent::Audio { context_id, pcm }).await,
-                    Err(e) => {
-                        tracing::warn!(error = %e, context_id, "dropping undecodable cartesia audio chunk");
-                        Flow::Continue
-                    }
-                }
-            }
-            Some("timestamps") => match msg.word_timestamps.map(WordTimestamps::into_words) {
-                Some(words) if !words.is_empty() => self.emit(TtsEvent::Words { context_id, words }).await,
-                _ => Flow::Continue,
-            },
-            Some("done") => {
-                self.contexts.close(&context_id);
-                self.emit(TtsEvent::Done { context_id }).await
-            }
-            Some("error") => {
-                let error = ProviderError::Remote { provider: PROVIDER, detail: msg.error_detail() };
-                self.context_failed(&context_id, error).await
-            }
-            Some("flush_done") => Flow::Continue,
-            other => {
-                tracing::debug!(kind = ?other, "ignoring cartesia message");
-                Flow::Continue
+                Flow::Stop
             }
         }
     }
@@ -325,6 +277,75 @@ async fn next_message(ws: &mut Option<WsStream>) -> Option<Result<Message, tungs
     match ws {
         Some(socket) => socket.next().await,
         None => std::future::pending().await,
+    }
+}
+
+/// What one server text frame asks of the session.
+#[doc(hidden)]
+#[derive(Debug, PartialEq)]
+pub enum Reaction {
+    None,
+    Emit(TtsEvent),
+    /// One context is lost; the connection carries on.
+    ContextFailed {
+        context_id: String,
+        error: ProviderError,
+    },
+    /// An error tied to no context: the connection itself is unusable.
+    ConnectionFailed(ProviderError),
+}
+
+/// Interprets one server text frame against the live contexts, without I/O: the session performs
+/// the reaction. Output for a context that is not live (cancelled, failed or finished) is dropped
+/// on purpose.
+pub(crate) fn react(contexts: &mut Contexts<Context>, text: &str) -> Reaction {
+    let msg: ServerMsg = match serde_json::from_str(text) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring malformed cartesia message");
+            return Reaction::None;
+        }
+    };
+    let Some(context_id) = msg.context_id.clone() else {
+        if msg.kind.as_deref() == Some("error") {
+            return Reaction::ConnectionFailed(ProviderError::Remote {
+                provider: PROVIDER,
+                detail: msg.error_detail(),
+            });
+        }
+        tracing::debug!(kind = ?msg.kind, "ignoring cartesia message without context");
+        return Reaction::None;
+    };
+    let Some(ctx) = contexts.get_mut(&context_id) else {
+        tracing::trace!(context_id, kind = ?msg.kind, "dropping message for inactive context");
+        return Reaction::None;
+    };
+    match msg.kind.as_deref() {
+        Some("chunk") => match ws::pcm_from_base64(&mut ctx.carry, msg.data.as_deref().unwrap_or("")) {
+            Ok(pcm) if pcm.is_empty() => Reaction::None,
+            Ok(pcm) => Reaction::Emit(TtsEvent::Audio { context_id, pcm }),
+            Err(e) => {
+                tracing::warn!(error = %e, context_id, "dropping undecodable cartesia audio chunk");
+                Reaction::None
+            }
+        },
+        Some("timestamps") => match msg.word_timestamps.map(WordTimestamps::into_words) {
+            Some(words) if !words.is_empty() => Reaction::Emit(TtsEvent::Words { context_id, words }),
+            _ => Reaction::None,
+        },
+        Some("done") => {
+            contexts.close(&context_id);
+            Reaction::Emit(TtsEvent::Done { context_id })
+        }
+        Some("error") => {
+            let error = ProviderError::Remote { provider: PROVIDER, detail: msg.error_detail() };
+            Reaction::ContextFailed { context_id, error }
+        }
+        Some("flush_done") => Reaction::None,
+        other => {
+            tracing::debug!(kind = ?other, "ignoring cartesia message");
+            Reaction::None
+        }
     }
 }
 

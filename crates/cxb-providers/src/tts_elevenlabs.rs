@@ -280,9 +280,7 @@ impl Session {
             cfg: Arc::clone(&self.cfg),
             cmd_rx: rx,
             out: self.ctx_ev_tx.clone(),
-            carry: None,
-            samples: 0,
-            words: WordAligner::default(),
+            decoder: ContextDecoder::new(self.cfg.sample_rate),
             flushed: false,
         };
         tokio::spawn(task.run(spare));
@@ -311,11 +309,7 @@ struct ContextTask {
     cfg: Arc<Config>,
     cmd_rx: mpsc::Receiver<ContextCmd>,
     out: mpsc::Sender<TtsEvent>,
-    /// Odd trailing byte of the last audio chunk.
-    carry: Option<u8>,
-    /// Samples delivered so far: the time base of the next chunk's alignment.
-    samples: u64,
-    words: WordAligner,
+    decoder: ContextDecoder,
     flushed: bool,
 }
 
@@ -345,7 +339,7 @@ impl ContextTask {
         let context_id = self.context_id.clone();
         match outcome {
             Outcome::Done => {
-                if let Some(word) = self.words.finish() {
+                if let Some(word) = self.decoder.finish() {
                     let words = vec![word];
                     self.emit(TtsEvent::Words { context_id: context_id.clone(), words }).await;
                 }
@@ -419,48 +413,92 @@ impl ContextTask {
 
     /// Handle one server message; `Some` ends the context.
     async fn on_text(&mut self, text: &str) -> Option<Outcome> {
+        let message = match self.decoder.on_text(text) {
+            Ok(Some(message)) => message,
+            Ok(None) => return None,
+            Err(error) => return Some(Outcome::Failed(error)),
+        };
+        if let Some(pcm) = message.audio {
+            if !self.emit(TtsEvent::Audio { context_id: self.context_id.clone(), pcm }).await {
+                return Some(Outcome::Quiet);
+            }
+        }
+        if !message.words.is_empty() {
+            let event = TtsEvent::Words { context_id: self.context_id.clone(), words: message.words };
+            if !self.emit(event).await {
+                return Some(Outcome::Quiet);
+            }
+        }
+        message.is_final.then_some(Outcome::Done)
+    }
+
+    async fn emit(&self, event: TtsEvent) -> bool {
+        self.out.send(event).await.is_ok()
+    }
+}
+
+/// One context's server messages, decoded without I/O: audio (an odd trailing byte carried to
+/// the next chunk), words from the per-character alignment, the end marker and errors.
+#[doc(hidden)]
+pub struct ContextDecoder {
+    sample_rate: u32,
+    /// Odd trailing byte of the last audio chunk.
+    carry: Option<u8>,
+    /// Samples delivered so far: the time base of the next chunk's alignment.
+    samples: u64,
+    words: WordAligner,
+}
+
+/// What one server message of a context carried.
+#[doc(hidden)]
+#[derive(Debug, PartialEq)]
+pub struct ContextMessage {
+    pub audio: Option<Vec<i16>>,
+    pub words: Vec<WordTiming>,
+    /// `isFinal`: the context's audio is complete.
+    pub is_final: bool,
+}
+
+impl ContextDecoder {
+    pub fn new(sample_rate: u32) -> Self {
+        Self { sample_rate, carry: None, samples: 0, words: WordAligner::default() }
+    }
+
+    /// `Ok(None)`: a malformed message, ignored. `Err`: the server reported an error.
+    pub fn on_text(&mut self, text: &str) -> Result<Option<ContextMessage>, ProviderError> {
         let msg: ServerMsg = match serde_json::from_str(text) {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "ignoring malformed elevenlabs message");
-                return None;
+                return Ok(None);
             }
         };
         if let Some(error) = msg.error.as_ref().filter(|e| !e.is_null()) {
-            return Some(Outcome::Failed(ProviderError::Remote {
-                provider: PROVIDER,
-                detail: msg.error_detail(error),
-            }));
+            return Err(ProviderError::Remote { provider: PROVIDER, detail: msg.error_detail(error) });
         }
         // Alignment times count from the start of this message's audio.
-        let chunk_start_ms = self.samples as f64 * 1000.0 / f64::from(self.cfg.sample_rate);
-        if let Some(audio) = msg.audio.as_deref().filter(|a| !a.is_empty()) {
-            match ws::pcm_from_base64(&mut self.carry, audio) {
+        let chunk_start_ms = self.samples as f64 * 1000.0 / f64::from(self.sample_rate);
+        let mut audio = None;
+        if let Some(b64) = msg.audio.as_deref().filter(|a| !a.is_empty()) {
+            match ws::pcm_from_base64(&mut self.carry, b64) {
                 Ok(pcm) if !pcm.is_empty() => {
                     self.samples += pcm.len() as u64;
-                    let event = TtsEvent::Audio { context_id: self.context_id.clone(), pcm };
-                    if !self.emit(event).await {
-                        return Some(Outcome::Quiet);
-                    }
+                    audio = Some(pcm);
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "dropping undecodable elevenlabs audio"),
             }
         }
-        if let Some(alignment) = msg.alignment.or(msg.normalized_alignment) {
-            let words = self.words.push(&alignment, chunk_start_ms);
-            if !words.is_empty() {
-                let event = TtsEvent::Words { context_id: self.context_id.clone(), words };
-                if !self.emit(event).await {
-                    return Some(Outcome::Quiet);
-                }
-            }
-        }
-        (msg.is_final == Some(true)).then_some(Outcome::Done)
+        let words = match msg.alignment.or(msg.normalized_alignment) {
+            Some(alignment) => self.words.push(&alignment, chunk_start_ms),
+            None => Vec::new(),
+        };
+        Ok(Some(ContextMessage { audio, words, is_final: msg.is_final == Some(true) }))
     }
 
-    async fn emit(&self, event: TtsEvent) -> bool {
-        self.out.send(event).await.is_ok()
+    /// The word still in progress when the context ends.
+    pub fn finish(&mut self) -> Option<WordTiming> {
+        self.words.finish()
     }
 }
 

@@ -450,7 +450,9 @@ enum Outcome {
 }
 
 /// What a server message means to a context.
-enum Incoming {
+#[doc(hidden)]
+#[derive(Debug, PartialEq)]
+pub enum Incoming {
     Audio(String),
     Final,
     Error(ProviderError),
@@ -645,7 +647,7 @@ impl Stream<'_> {
 }
 
 /// `{"type":"audio"|"event"|"error","data":{…}}`; `None` for anything else (pongs, unknown).
-fn parse(text: &str) -> Option<Incoming> {
+pub(crate) fn parse(text: &str) -> Option<Incoming> {
     let msg: ServerMsg = match serde_json::from_str(text) {
         Ok(msg) => msg,
         Err(e) => {

@@ -53,8 +53,9 @@ pub enum Inbound {
     Ignored(&'static str),
 }
 
-/// Metadata extracted during the handshake.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Metadata extracted during the handshake. Serialisable: the crash journal keeps it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct CallMeta {
     pub stream_id: String,
     pub caller_id: String,

@@ -436,8 +436,13 @@ pub fn basic_auth(user: &str, password: &str) -> String {
 }
 
 /// A URL path segment: characters outside RFC 3986 `pchar` percent-encoded (call ids come from
-/// the peer; Telnyx ids such as `v3:…` keep their colon).
-pub fn seg(s: &str) -> String {
+/// the peer; Telnyx ids such as `v3:…` keep their colon). `None` for `.` and `..`: URL parsers
+/// resolve those as "this" and "the parent" segment, so a peer's id could move a REST call to
+/// another path of the provider's API.
+pub fn seg(s: &str) -> Option<String> {
+    if s == "." || s == ".." {
+        return None;
+    }
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b) {
@@ -446,7 +451,7 @@ pub fn seg(s: &str) -> String {
             out.push_str(&format!("%{b:02X}"));
         }
     }
-    out
+    Some(out)
 }
 
 /// Join an API base (`https://api.twilio.com`, or a test double) and a path.
@@ -911,7 +916,9 @@ mod tests {
     fn helpers() {
         assert_eq!(basic_auth("AC1", "tok"), "Basic QUMxOnRvaw==");
         assert_eq!(join_url("http://x/twilio/", "/2010-04-01/A"), "http://x/twilio/2010-04-01/A");
-        assert_eq!(seg("a b/c"), "a%20b%2Fc");
+        assert_eq!(seg("a b/c").as_deref(), Some("a%20b%2Fc"));
+        assert_eq!(seg("...").as_deref(), Some("..."));
+        assert_eq!((seg("."), seg("..")), (None, None));
         assert_eq!(direction("outbound-api"), "outgoing");
         assert_eq!(direction("inbound"), "incoming");
         let m: Map<String, Value> = serde_json::from_str(r#"{"From":"+1","to":5,"x":""}"#).unwrap();

@@ -84,7 +84,8 @@ impl Plivo {
             return None;
         }
         let base = self.creds.api_base.as_deref().filter(|b| !b.is_empty()).unwrap_or(DEFAULT_API_BASE);
-        let url = media::join_url(base, &format!("v1/Account/{}/Call/{}/", media::seg(id), media::seg(&self.call_id)));
+        let url =
+            media::join_url(base, &format!("v1/Account/{}/Call/{}/", media::seg(id)?, media::seg(&self.call_id)?));
         Some(media::http("DELETE", url, vec![("Authorization", media::basic_auth(id, token))], None))
     }
 
@@ -329,5 +330,14 @@ mod tests {
         let mut out = vec![];
         p.hang_up(&mut out);
         assert!(matches!(out[0], OutFrame::Close { .. }), "no token → close");
+    }
+
+    /// Found by the fuzz target's URL check (see `media::seg`).
+    #[test]
+    fn a_dot_segment_call_id_never_reaches_the_rest_path() {
+        let creds = PlivoConfig { auth_id: Some("MA1".into()), auth_token: Some("pt".into()), api_base: None };
+        let mut p = Plivo::new(creds, &[]);
+        p.handshake_text(r#"{"event":"start","start":{"streamId":"s-1","callId":".."}}"#).unwrap();
+        assert_eq!(p.hangup_request(), None);
     }
 }

@@ -75,7 +75,7 @@ impl Telnyx {
             return None;
         }
         let base = self.creds.api_base.as_deref().filter(|b| !b.is_empty()).unwrap_or(DEFAULT_API_BASE);
-        let url = media::join_url(base, &format!("v2/calls/{}/actions/hangup", media::seg(&self.call_control_id)));
+        let url = media::join_url(base, &format!("v2/calls/{}/actions/hangup", media::seg(&self.call_control_id)?));
         Some(media::http(
             "POST",
             url,
@@ -323,5 +323,13 @@ mod tests {
         let mut out = vec![];
         t.hang_up(&mut out);
         assert!(matches!(out[0], OutFrame::Close { .. }));
+    }
+
+    /// Found by the fuzz target's URL check (see `media::seg`).
+    #[test]
+    fn a_dot_segment_call_control_id_never_reaches_the_rest_path() {
+        let mut t = Telnyx::new(TelnyxConfig { api_key: Some("KEY0".into()), api_base: None });
+        t.handshake_text(r#"{"event":"start","stream_id":"st-1","start":{"call_control_id":"."}}"#).unwrap();
+        assert_eq!(t.hangup_request(), None);
     }
 }

@@ -83,7 +83,7 @@ impl Twilio {
         let base = self.creds.api_base.as_deref().filter(|b| !b.is_empty()).unwrap_or(DEFAULT_API_BASE);
         let url = media::join_url(
             base,
-            &format!("2010-04-01/Accounts/{}/Calls/{}.json", media::seg(account), media::seg(&self.call_sid)),
+            &format!("2010-04-01/Accounts/{}/Calls/{}.json", media::seg(account)?, media::seg(&self.call_sid)?),
         );
         Some(media::http(
             "POST",
@@ -363,5 +363,18 @@ mod tests {
         let mut after = vec![];
         t.audio(&[0; 160], &mut after);
         assert!(after.is_empty());
+    }
+
+    /// Found by the fuzz target's URL check: an `accountSid` of `..` from the stream turned the
+    /// hang-up into `POST /2010-04-01/Calls/CA7.json` once the URL was parsed.
+    #[test]
+    fn a_dot_segment_id_never_reaches_the_rest_path() {
+        let mut t = Twilio::new(TwilioConfig { auth_token: Some("tok".into()), ..Default::default() });
+        t.handshake_text(r#"{"event":"connected"}"#).unwrap();
+        t.handshake_text(r#"{"event":"start","start":{"streamSid":"MZ9","accountSid":"..","callSid":"CA7"}}"#).unwrap();
+        assert_eq!(t.hangup_request(), None);
+        let mut out = vec![];
+        t.hang_up(&mut out);
+        assert!(matches!(out[..], [OutFrame::Close { code: 1000, .. }]), "{out:?}");
     }
 }

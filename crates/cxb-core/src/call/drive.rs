@@ -15,11 +15,13 @@ use cxb_wire::result::{CallEvent, DisconnectedBy};
 use cxb_wire::BotConfig;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::timer::Deadline;
 use super::{spawn_in_call, AgentDeskTarget, Unanswered};
 use crate::app::AppState;
+use crate::journal::CallJournal;
 use crate::link::{CallLink, TransferError, TransferStart};
 use crate::recordings::CallRecording;
 
@@ -46,6 +48,10 @@ pub(super) struct Driver<'a, L: CallLink> {
     pub(super) log: CallLog,
     /// Agent Desk: where a handoff is enqueued, once one has been asked for.
     pub(super) agent_desk: Option<AgentDeskTarget>,
+    /// Fires when the worker must end the call (drain deadline).
+    pub(super) shutdown: CancellationToken,
+    /// The crash guard: transcript and events on disk as they happen.
+    pub(super) journal: CallJournal,
 }
 
 /// The call's STT, TTS and LLM connections with their event streams.
@@ -176,8 +182,13 @@ impl<L: CallLink> Driver<'_, L> {
         tokio::pin!(idle_timer);
         self.perform().await;
         while !self.engine.is_ended() && self.log.forced_end.is_none() {
+            self.journal_progress();
             engine_timer.set(self.engine.poll_timeout().map(|d| tokio::time::Instant::from_std(self.t0 + d)));
             tokio::select! {
+                () = self.shutdown.cancelled() => {
+                    warn!("the worker is stopping: ending the call");
+                    self.input(Input::Shutdown);
+                }
                 ev = self.link.recv() => {
                     last_inbound = tokio::time::Instant::now();
                     self.on_link_event(ev);
@@ -207,6 +218,12 @@ impl<L: CallLink> Driver<'_, L> {
             }
             self.perform().await;
         }
+        self.journal_progress();
+    }
+
+    /// Journal what the call added since the last wake-up (nothing, almost every time).
+    pub(super) fn journal_progress(&mut self) {
+        self.journal.progress(self.engine.record(), &self.log.events, self.log.started_at);
     }
 
     fn on_answer(&mut self, verdict: Result<(), Unanswered>) {

@@ -184,6 +184,7 @@ impl<L: CallLink> Driver<'_, L> {
         let mut message_ctx: Option<String> = None;
         let mut messages = 0u32;
         let mut wake = Deadline::new();
+        let mut shutting_down = false;
         info!("caller on hold for Agent Desk");
         hold.handle(origin.elapsed(), HoldInput::Start);
         let report = loop {
@@ -247,9 +248,16 @@ impl<L: CallLink> Driver<'_, L> {
                 hold.handle(origin.elapsed(), HoldInput::CustomerLeft { reason: "link closed".into() });
                 continue;
             }
+            self.journal_progress();
             wake.set(hold.poll_timeout().map(|t| tokio::time::Instant::from_std(origin + t)));
             tokio::select! {
                 () = wake.passed() => hold.handle_timeout(origin.elapsed()),
+                () = self.shutdown.cancelled(), if !shutting_down => {
+                    warn!("the worker is stopping: ending the hold");
+                    shutting_down = true;
+                    self.log.events.push(self.event("worker_shutdown", json!({})));
+                    hold.handle(origin.elapsed(), HoldInput::EndRequested { reason: "worker_shutdown".into() });
+                }
                 ev = self.link.recv() => {
                     let now = origin.elapsed();
                     match ev {

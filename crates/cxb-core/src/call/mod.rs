@@ -9,6 +9,9 @@
 //!   into engine inputs);
 //! - [`handoff`]: after an Agent Desk transfer, the hold worker until the handed-off call ends;
 //! - [`teardown`]: the result, metrics, the recording, staging and the post-call spawn.
+//!
+//! Every call journals its transcript and events as it goes ([`crate::journal`]) and listens to
+//! its shutdown signal (the drain deadline: [`crate::drain`]).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -18,6 +21,7 @@ use cxb_transports::{CallMeta, HandshakeStep, Transport};
 use cxb_wire::result::DisconnectedBy;
 use cxb_wire::BotConfig;
 use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn, Instrument};
 
 mod drive;
@@ -52,7 +56,8 @@ pub async fn run_ws_call<T: Transport + 'static>(
             Ok((cfg, early_audio)) => {
                 tracing::Span::current().record("session_id", cfg.session_id.as_str());
                 let link = WsLink::new(ws, transport, app.settings.max_frame_bytes);
-                run_conversation(&app, link, &bot_id, cfg, CallOptions { early_audio, ..Default::default() }).await;
+                let options = CallOptions { early_audio, ..Default::default() };
+                run_conversation(&app, link, &bot_id, cfg, slot.shutdown(), options).await;
             }
             Err(HandshakeEnd::Reject { code, reason, metric }) => {
                 metrics::counter!("cxb_calls_rejected_total", "reason" => metric).increment(1);
@@ -259,16 +264,22 @@ pub struct Unanswered {
 }
 
 /// The conversation over an established link: setup, the drive loop, teardown. Returns once the
-/// result is durable; post-call analysis and delivery go on in their own task.
+/// result is durable; post-call analysis and delivery go on in their own (tracked) task.
+/// `shutdown` is the call's shutdown signal (its slot's): when it fires the worker ends the call.
 pub(crate) async fn run_conversation<L: CallLink>(
     app: &AppState,
     link: L,
     bot_id: &str,
-    cfg: BotConfig,
+    mut cfg: BotConfig,
+    shutdown: CancellationToken,
     options: CallOptions,
 ) {
     let CallOptions { early_audio, answered, agent_desk } = options;
-    let mut driver = Driver::setup(app, link, cfg, agent_desk).await;
+    if cfg.bot_id.is_empty() {
+        // The route's bot id names the call wherever the config does not (result, journal).
+        cfg.bot_id = bot_id.to_string();
+    }
+    let mut driver = Driver::setup(app, link, cfg, agent_desk, shutdown).await;
     if let Some(audio) = early_audio {
         driver.on_caller_audio(&audio);
     }

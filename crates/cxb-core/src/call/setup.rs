@@ -8,13 +8,16 @@ use cxb_engine::{Conversation, EngineConfig, Service};
 use cxb_providers::{stt, tts};
 use cxb_wire::BotConfig;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::drive::{CallLog, CallerAudio, Driver, Marks, Providers, Tasks, TurnWindow, TASK_RESULTS};
-use super::AgentDeskTarget;
+use super::{spawn_in_call, AgentDeskTarget};
 use crate::app::AppState;
+use crate::journal::{CallHeader, CallJournal};
 use crate::link::CallLink;
 use crate::providers;
+use crate::recordings::CallRecording;
 
 /// Caller audio is batched into STT messages of this many milliseconds. Deepgram takes any
 /// chunking; 60 ms cuts per-call messages and wake-ups threefold and stays far inside the VAD
@@ -29,6 +32,7 @@ impl<'a, L: CallLink> Driver<'a, L> {
         link: L,
         mut cfg: BotConfig,
         agent_desk: Option<AgentDeskTarget>,
+        shutdown: CancellationToken,
     ) -> Driver<'a, L> {
         let started_at = chrono::Utc::now();
         let t0 = Instant::now();
@@ -81,6 +85,11 @@ impl<'a, L: CallLink> Driver<'a, L> {
                 None
             }
         };
+        // The journal is created (and synced) while the providers connect: the call says
+        // nothing before both are done.
+        let (data_dir, header) =
+            (app.settings.data_dir.clone(), journal_header(&cfg, &link, started_at, recording.as_ref()));
+        let journal = spawn_in_call(async move { CallJournal::open(&data_dir, header).await });
         let mut driver = Driver {
             app,
             providers: Providers {
@@ -113,6 +122,8 @@ impl<'a, L: CallLink> Driver<'a, L> {
                 conversation_started: None,
             },
             agent_desk,
+            shutdown,
+            journal: CallJournal::default(),
             engine: Conversation::new(engine_cfg),
             cfg,
             link,
@@ -123,6 +134,10 @@ impl<'a, L: CallLink> Driver<'a, L> {
             driver.log.events.push(event);
         }
         driver.connect_providers(rate).await;
+        match journal.await {
+            Ok(j) => driver.journal = j,
+            Err(e) => error!(error = %e, "journal task failed; this call has no crash guard"),
+        }
         driver
     }
 
@@ -150,6 +165,25 @@ impl<'a, L: CallLink> Driver<'a, L> {
             Ok((h, r)) => (self.providers.tts, self.providers.tts_rx) = (Some(h), Some(r)),
             Err(e) => self.service_failed(Service::Tts, e.provider(), e.to_string()),
         }
+    }
+}
+
+/// The journal's header: who the call is, for a result made from the journal after a crash.
+fn journal_header<L: CallLink>(
+    cfg: &BotConfig,
+    link: &L,
+    started_at: chrono::DateTime<chrono::Utc>,
+    recording: Option<&CallRecording>,
+) -> CallHeader {
+    CallHeader {
+        session_id: cfg.session_id.clone(),
+        bot_id: cfg.bot_id.clone(),
+        webhook_url: cfg.webhook_url.clone(),
+        transport: link.name().to_string(),
+        meta: link.meta().clone(),
+        started_at,
+        recording_key: recording.map(|r| r.key().to_string()),
+        recording_url: recording.and_then(|r| r.url().map(str::to_string)),
     }
 }
 

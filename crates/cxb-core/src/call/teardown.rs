@@ -1,17 +1,19 @@
 //! After the conversation: providers closed, the handoff's hold (if any), the result built and
-//! made durable, metrics, the recording finished and queued, and post-call analysis spawned.
+//! made durable (then the call's journal is dropped), metrics, the recording finished and
+//! queued, and post-call analysis spawned as work the drain waits for.
 
 use std::time::Duration;
 
 use cxb_engine::CallRecord;
 use cxb_wire::result::DisconnectedBy;
 use cxb_wire::CallResultsPayload;
-use tracing::{error, info};
+use serde_json::json;
+use tracing::{error, info, warn};
 
 use super::drive::Driver;
-use super::spawn_in_call;
+use crate::delivery::Delivered;
 use crate::link::CallLink;
-use crate::results::{build_payload, CallSummary};
+use crate::results::{after_call_event, build_payload, CallSummary};
 
 impl<L: CallLink> Driver<'_, L> {
     /// End the call. Returns once the raw result is durable; post-call analysis then runs off
@@ -54,23 +56,48 @@ impl<L: CallLink> Driver<'_, L> {
             protocol_errors = self.log.protocol_errors,
             "call ended"
         );
-        // The raw result is durable before the call counts as finished.
+        // The raw result is durable before the call counts as finished; from then on the
+        // staged copy, not the journal, guards it.
         let app = self.app;
         let webhook = self.cfg.webhook_url.clone();
         let staged = app.delivery.stage(&payload, webhook.as_deref()).await;
+        let journal = std::mem::take(&mut self.journal);
+        let journal = match staged {
+            Some(_) => {
+                journal.close().await;
+                None
+            }
+            None => Some(journal),
+        };
         if let Some(report) = &handoff {
             self.report_handoff_end(report, &payload).await;
         }
         self.link.finish(self.log.bot_hung_up).await;
         let (postcall, delivery, cfg) = (app.postcall.clone(), app.delivery.clone(), self.cfg);
-        spawn_in_call(async move {
-            let payload = postcall.process(&cfg, &summary, &record, payload).await;
+        // Tracked: the drain waits for it. Past the drain deadline's grace it stops, and the
+        // result goes out without the analysis (`post_call_skipped`).
+        let stop = app.drain.postcall_stopped();
+        app.drain.spawn_postcall(async move {
+            let payload = tokio::select! {
+                biased;
+                p = postcall.process(&cfg, &summary, &record, payload.clone()) => p,
+                () = stop => {
+                    warn!("the worker is stopping: delivering the result without post-call analysis");
+                    let mut p = payload;
+                    let skipped = after_call_event(&p, "post_call_skipped", json!({"reason": "worker_shutdown"}));
+                    p.events.push(skipped);
+                    p
+                }
+            };
             if let Some(entry) = crate::postcall::nxlink::outbox_entry(&cfg, &payload) {
                 if let Err(e) = delivery.outbox().enqueue(entry).await {
                     error!(error = %e, "could not persist the NXLink callback");
                 }
             }
-            delivery.complete(staged, payload, webhook).await;
+            let delivered = delivery.complete(staged, payload, webhook).await;
+            if let (Some(journal), false) = (journal, delivered == Delivered::Lost) {
+                journal.close().await;
+            }
         });
     }
 

@@ -20,6 +20,8 @@ use tracing::{info, warn};
 pub use cxb_api::{CxbApi, LookupError, OutboundTrunk, SipLookup};
 pub use room_link::{CallerMatch, RoomLink};
 pub use routes::routes;
+#[doc(hidden)]
+pub use routes::{check_body, BodyRoute, Rejection};
 
 /// LiveKit calls run at 16 kHz (contract §11).
 pub const SAMPLE_RATE: u32 = 16_000;

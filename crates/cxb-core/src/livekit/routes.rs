@@ -126,14 +126,92 @@ fn opt_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error>
     }
 }
 
+// ----- body checks (no I/O; each route runs them after the LiveKit gate) -----
+
+impl DispatchRequest {
+    fn check(&self) -> Result<(), Rejection> {
+        check_name("room_name", &self.room_name)
+            .and_then(|_| check_number("caller_number", &self.caller_number))
+            .and_then(|_| check_number("dialed_number", &self.dialed_number))
+            .and_then(|_| self.call_id.as_deref().map_or(Ok(()), |c| check_name("call_id", c)))
+    }
+}
+
+impl DialoutRequest {
+    /// The number to dial (normalised) and the connected event with the request's variables.
+    fn check(&self, country_code: Option<&str>) -> Result<(String, Map<String, Value>), Rejection> {
+        check_bot_id(&self.bot_id)
+            .and_then(|_| check_number("to_number", &self.to_number))
+            .and_then(|_| self.from_number.as_deref().map_or(Ok(()), |f| check_number("from_number", f)))
+            .and_then(|_| check_config_url(&self.config_url))?;
+        let to = cxb_livekit::normalize_dial_number(&self.to_number, country_code)
+            .map_err(|e| invalid(format!("to_number: {e}")))?;
+        Ok((to, connected_with_variables(self.connected_event.clone(), self.variables.clone())?))
+    }
+}
+
+impl AttachRequest {
+    /// The connected event with the request's variables.
+    fn check(&self) -> Result<Map<String, Value>, Rejection> {
+        check_name("room_name", &self.room_name)
+            .and_then(|_| check_bot_id(&self.bot_id))
+            .and_then(|_| self.to_number.as_deref().map_or(Ok(()), |n| check_number("to_number", n)))
+            .and_then(|_| self.from_number.as_deref().map_or(Ok(()), |n| check_number("from_number", n)))
+            .and_then(|_| self.campaign_call_id.as_deref().map_or(Ok(()), |c| check_name("campaign_call_id", c)))
+            .and_then(|_| check_config_url(&self.config_url))?;
+        connected_with_variables(self.connected_event.clone(), self.variables.clone())
+    }
+}
+
+impl WidgetRequest {
+    /// The caller id the call will carry.
+    fn check(&self) -> Result<String, Rejection> {
+        let caller_id = self.caller_id.clone().unwrap_or_else(|| "widget-user".into());
+        check_bot_id(&self.bot_id)
+            .and_then(|_| check_name("room_name", &self.room_name))
+            .and_then(|_| check_number("caller_id", &caller_id))?;
+        Ok(caller_id)
+    }
+}
+
+/// A LiveKit call-start route, for [`check_body`].
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyRoute {
+    Dispatch,
+    Dialout,
+    Attach,
+    Widget,
+}
+
+/// A route's body gates without I/O: parse (422) and the route's own checks (422), exactly as
+/// the route runs them. For the fuzz targets; not a stable API.
+#[doc(hidden)]
+pub fn check_body(route: BodyRoute, body: &[u8], country_code: Option<&str>) -> Result<(), Rejection> {
+    let body = Bytes::copy_from_slice(body);
+    match route {
+        BodyRoute::Dispatch => parse::<DispatchRequest>(&body)?.check(),
+        BodyRoute::Dialout => parse::<DialoutRequest>(&body)?.check(country_code).map(drop),
+        BodyRoute::Attach => parse::<AttachRequest>(&body)?.check().map(drop),
+        BodyRoute::Widget => parse::<WidgetRequest>(&body)?.check().map(drop),
+    }
+}
+
 // ----- responses -----
 
 /// A refused request: `{"status":"rejected","error":…,"detail":…}` with its status code.
+#[doc(hidden)]
 #[derive(Debug)]
-struct Rejection {
+pub struct Rejection {
     status: StatusCode,
     error: &'static str,
     detail: Option<String>,
+}
+
+impl Rejection {
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
 }
 
 impl IntoResponse for Rejection {
@@ -251,14 +329,10 @@ fn admit<T: DeserializeOwned>(app: &AppState, headers: &HeaderMap, body: &Bytes)
 }
 
 fn take_slot(app: &AppState, route: &'static str, call_id: &str) -> Result<CallSlot, Rejection> {
-    match app.tracker.try_acquire(call_id.to_string()) {
-        Some(slot) => Ok(slot),
-        None => {
-            metrics::counter!("cxb_calls_rejected_total", "reason" => "at_capacity").increment(1);
-            warn!(route, %call_id, "refusing call: at capacity");
-            Err(rejected(StatusCode::TOO_MANY_REQUESTS, "at_capacity", None))
-        }
-    }
+    app.tracker.try_acquire(call_id.to_string()).map_err(|why| {
+        crate::app::count_refusal(why, route);
+        rejected(crate::app::refusal_status(why), why.as_str(), None)
+    })
 }
 
 fn cxb_api(app: &AppState, config_url: Option<&str>) -> Option<CxbApi> {
@@ -289,18 +363,18 @@ async fn dispatch(State(app): State<AppState>, headers: HeaderMap, body: Bytes) 
 
 async fn dispatch_inner(app: AppState, headers: HeaderMap, body: Bytes) -> Result<Response, Rejection> {
     let (req, lk) = admit::<DispatchRequest>(&app, &headers, &body)?;
-    check_name("room_name", &req.room_name)
-        .and_then(|_| check_number("caller_number", &req.caller_number))
-        .and_then(|_| check_number("dialed_number", &req.dialed_number))
-        .and_then(|_| req.call_id.as_deref().map_or(Ok(()), |c| check_name("call_id", c)))?;
+    req.check()?;
     let call_id = req.call_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let span = tracing::info_span!("dispatch", %call_id, room = %req.room_name);
     async move {
         let slot = match take_slot(&app, "dispatch", &call_id) {
             Ok(s) => s,
             Err(resp) => {
-                // The caller would otherwise ring into a room nobody serves (contract §6.3).
-                remove_sip_participants(&lk, &app, &req.room_name).await;
+                // At capacity, the caller would otherwise ring into a room nobody serves (contract
+                // §6.3); a draining worker refuses (503) before any side effect.
+                if resp.status == StatusCode::TOO_MANY_REQUESTS {
+                    remove_sip_participants(&lk, &app, &req.room_name).await;
+                }
                 return Err(resp);
             }
         };
@@ -401,15 +475,7 @@ async fn dialout(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -
 
 async fn dialout_inner(app: AppState, headers: HeaderMap, body: Bytes) -> Result<Response, Rejection> {
     let (req, lk) = admit::<DialoutRequest>(&app, &headers, &body)?;
-    check_bot_id(&req.bot_id)
-        .and_then(|_| check_number("to_number", &req.to_number))
-        .and_then(|_| req.from_number.as_deref().map_or(Ok(()), |f| check_number("from_number", f)))
-        .and_then(|_| check_config_url(&req.config_url))?;
-    let to = match cxb_livekit::normalize_dial_number(&req.to_number, app.settings.livekit.country_code()) {
-        Ok(n) => n,
-        Err(e) => return Err(invalid(format!("to_number: {e}"))),
-    };
-    let connected_in = connected_with_variables(req.connected_event.clone(), req.variables.clone())?;
+    let (to, connected_in) = req.check(app.settings.livekit.country_code())?;
     let call_id = uuid::Uuid::new_v4().to_string();
     let room_name = format!("dialout-{call_id}");
     let span = tracing::info_span!("dialout", %call_id, bot_id = %req.bot_id);
@@ -484,13 +550,7 @@ async fn attach(State(app): State<AppState>, headers: HeaderMap, body: Bytes) ->
 
 async fn attach_inner(app: AppState, headers: HeaderMap, body: Bytes) -> Result<Response, Rejection> {
     let (req, lk) = admit::<AttachRequest>(&app, &headers, &body)?;
-    check_name("room_name", &req.room_name)
-        .and_then(|_| check_bot_id(&req.bot_id))
-        .and_then(|_| req.to_number.as_deref().map_or(Ok(()), |n| check_number("to_number", n)))
-        .and_then(|_| req.from_number.as_deref().map_or(Ok(()), |n| check_number("from_number", n)))
-        .and_then(|_| req.campaign_call_id.as_deref().map_or(Ok(()), |c| check_name("campaign_call_id", c)))
-        .and_then(|_| check_config_url(&req.config_url))?;
-    let mut connected = connected_with_variables(req.connected_event.clone(), req.variables.clone())?;
+    let mut connected = req.check()?;
     let call_id = uuid::Uuid::new_v4().to_string();
     let slot = take_slot(&app, "attach", &call_id)?;
     connected.entry("event").or_insert(json!("connected"));
@@ -543,10 +603,7 @@ async fn widget(State(app): State<AppState>, headers: HeaderMap, body: Bytes) ->
 
 async fn widget_inner(app: AppState, headers: HeaderMap, body: Bytes) -> Result<Response, Rejection> {
     let (req, lk) = admit::<WidgetRequest>(&app, &headers, &body)?;
-    let caller_id = req.caller_id.clone().unwrap_or_else(|| "widget-user".into());
-    check_bot_id(&req.bot_id)
-        .and_then(|_| check_name("room_name", &req.room_name))
-        .and_then(|_| check_number("caller_id", &caller_id))?;
+    let caller_id = req.check()?;
     let call_id = uuid::Uuid::new_v4().to_string();
     // At capacity nothing else happens (contract §2.2).
     let slot = take_slot(&app, "widget", &call_id)?;
@@ -840,7 +897,7 @@ impl RoomCall {
             None
         };
         let options = CallOptions { answered, agent_desk, ..Default::default() };
-        run_conversation(&self.app, link, &self.bot_id, cfg, options).await;
+        run_conversation(&self.app, link, &self.bot_id, cfg, self._slot.shutdown(), options).await;
     }
 }
 

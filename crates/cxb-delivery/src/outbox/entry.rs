@@ -248,6 +248,14 @@ pub struct Entry {
     pub target: Target,
 }
 
+impl Entry {
+    /// Parses an entry file (the outbox reads every one at start, and a torn or tampered file must
+    /// come out as an error, never a panic).
+    pub fn from_file_bytes(bytes: &[u8]) -> Result<Entry, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
 /// What a producer hands to [`Outbox::enqueue`](super::Outbox::enqueue).
 #[derive(Clone, Debug)]
 pub struct NewEntry {

@@ -28,7 +28,7 @@ mod http;
 mod lock;
 mod store;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
@@ -650,6 +650,15 @@ impl Outbox {
         drop(st);
         self.inner.changed.notify_waiters();
         Ok(())
+    }
+
+    /// The keys of every entry of `kind`, pending or dead: what the outbox already holds, e.g.
+    /// the sessions whose result is persisted (a restart must not make a second one).
+    pub fn keys(&self, kind: &str) -> HashSet<String> {
+        let st = self.inner.lock();
+        let pending = st.pending.values().filter(|r| r.kind == kind).map(|r| r.key.clone());
+        let dead = st.dead.values().filter(|r| r.kind == kind).map(|r| r.key.clone());
+        pending.chain(dead).collect()
     }
 
     pub fn stats(&self) -> OutboxStats {

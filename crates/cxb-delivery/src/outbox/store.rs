@@ -121,7 +121,7 @@ pub(crate) fn remove_if_exists(path: &Path) -> Result<(), OutboxError> {
 /// Reads and parses an entry. Outer error: I/O (incl. NotFound); inner: corrupt.
 pub(crate) fn read_entry(path: &Path) -> Result<Result<Entry, String>, OutboxError> {
     let bytes = fs::read(path).map_err(io_err("read", path))?;
-    Ok(serde_json::from_slice(&bytes).map_err(|e| e.to_string()))
+    Ok(Entry::from_file_bytes(&bytes).map_err(|e| e.to_string()))
 }
 
 pub(crate) fn read_meta(path: &Path) -> Option<(Meta, u64)> {
