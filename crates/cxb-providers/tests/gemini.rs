@@ -475,7 +475,12 @@ async fn prewarmed_cache_is_ready_for_the_first_turn() {
     })
     .await;
     let events = collect(client.stream(&p, req)).await;
-    assert_eq!(cache_report(&events).unwrap().status, CacheStatus::Reused);
+    // The server holds the cache a moment before the client has read the create answer; a turn
+    // that starts in that moment waits for the prewarm's creation (and reports it as created)
+    // instead of making its own. Either way the turn uses the prewarmed cache.
+    let report = cache_report(&events).unwrap();
+    assert!(matches!(report.status, CacheStatus::Reused | CacheStatus::Created), "{report:?}");
+    assert_eq!(report.resource, server.state.google.live_caches().pop());
     assert_eq!(server.state.google.cache_creates.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert_eq!(server.state.google.requests().len(), 1, "prewarming generates nothing");
 }
