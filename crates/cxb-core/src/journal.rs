@@ -212,6 +212,19 @@ pub async fn recover(app: &AppState) -> usize {
     recovered
 }
 
+/// Longest offset a journal line may claim (a day; calls end long before). A torn or corrupt
+/// line can hold any number: beyond this, or not a number, it would move the crash before the
+/// events it follows.
+const MAX_JOURNAL_OFFSET_SECS: f64 = 86_400.0;
+
+fn sane_offset(offset_seconds: f64) -> f64 {
+    if offset_seconds.is_finite() {
+        offset_seconds.clamp(0.0, MAX_JOURNAL_OFFSET_SECS)
+    } else {
+        0.0
+    }
+}
+
 /// The result of a call that ended with the worker: what its journal holds, as `error`.
 pub fn recovered_payload(j: &journal::Journal<CallHeader, CallLine>, data_dir: &Path) -> CallResultsPayload {
     let h = &j.header;
@@ -221,6 +234,7 @@ pub fn recovered_payload(j: &journal::Journal<CallHeader, CallLine>, data_dir: &
     for line in &j.records {
         match line {
             CallLine::Line { speaker, text, offset_seconds, interrupted } => {
+                let offset_seconds = &sane_offset(*offset_seconds);
                 let at = Duration::try_from_secs_f64(*offset_seconds).unwrap_or_default();
                 transcript.push(TranscriptLine {
                     speaker: *speaker,
@@ -231,8 +245,10 @@ pub fn recovered_payload(j: &journal::Journal<CallHeader, CallLine>, data_dir: &
                 last = last.max(*offset_seconds);
             }
             CallLine::Event(e) => {
-                events.push(e.clone());
+                let mut e = e.clone();
+                e.offset_seconds = sane_offset(e.offset_seconds);
                 last = last.max(e.offset_seconds);
+                events.push(e);
             }
         }
     }
